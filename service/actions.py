@@ -1,0 +1,110 @@
+"""The built-in actions (SPEC §4), compiled once from config into runnable steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from service.config import (
+    BaseAction,
+    Config,
+    DenyAction,
+    RedirectAction,
+    SendEmailAction,
+    SetMetadataAction,
+)
+from service.flows import ActionFailed, ActionFn, CompiledAction, RunContext, expression_env
+from service.mail.mailer import EmailFailed, EmailRequest, Mailer
+
+__all__ = ["compile_flows", "merge_metadata"]
+
+
+def compile_flows(config: Config, mailer: Mailer) -> dict[str, list[CompiledAction]]:
+    """Every flow of `config`, its expressions compiled and its actions bound."""
+    env = expression_env()
+    return {
+        trigger: [
+            CompiledAction(
+                config=action,
+                run=_bind(action, mailer, env),
+                when=env.compile_expression(action.when) if action.when else None,
+            )
+            for action in actions
+        ]
+        for trigger, actions in config.flows.items()
+    }
+
+
+def merge_metadata(target: dict[str, Any], changes: Mapping[str, Any]) -> None:
+    """Merge `changes` into `target`; a later change to a key wins, None means delete."""
+    target.update(changes)
+
+
+def _bind(action: BaseAction, mailer: Mailer, env: Any) -> ActionFn:
+    if isinstance(action, SendEmailAction):
+        return _send_email(action, mailer, env.compile_expression(action.to))
+    if isinstance(action, SetMetadataAction):
+        return _set_metadata(action)
+    if isinstance(action, DenyAction):
+        return _deny(action)
+    if isinstance(action, RedirectAction):
+        return _redirect(action)
+    return _unsupported(action)
+
+
+def _send_email(action: SendEmailAction, mailer: Mailer, to: Any) -> ActionFn:
+    async def run(ctx: RunContext) -> str:
+        user = ctx.view.get("user") or {}
+        context = {"event": ctx.view, "user": user, "secrets": ctx.secrets, "data": {}}
+        request = EmailRequest(
+            event_id=ctx.event.id,
+            action_id=action.id,
+            template=action.template,
+            to=to(**context),
+            to_name=user.get("name") or "",
+            locale=user.get("locale"),
+            context=context,
+            sender=action.from_,
+            reply_to=action.reply_to,
+        )
+        try:
+            return await mailer.send(request)
+        except EmailFailed as exc:
+            raise ActionFailed(exc.error, exc.reason) from None
+
+    return run
+
+
+def _set_metadata(action: SetMetadataAction) -> ActionFn:
+    async def run(ctx: RunContext) -> str:
+        merge_metadata(ctx.result.user_metadata, action.user_metadata)
+        merge_metadata(ctx.result.app_metadata, action.app_metadata)
+        return "applied"
+
+    return run
+
+
+def _deny(action: DenyAction) -> ActionFn:
+    async def run(ctx: RunContext) -> str:
+        ctx.result.decision = "deny"
+        ctx.result.reason = action.reason
+        ctx.result.user_message = action.user_message
+        return "denied"
+
+    return run
+
+
+def _redirect(action: RedirectAction) -> ActionFn:
+    async def run(ctx: RunContext) -> str:
+        ctx.result.decision = "redirect"
+        ctx.result.redirect = {"url": action.url, "query": dict(action.query)}
+        return "redirected"
+
+    return run
+
+
+def _unsupported(action: BaseAction) -> ActionFn:
+    async def run(ctx: RunContext) -> str:
+        raise ActionFailed("UnsupportedAction", f"action {action.action!r} is not available")
+
+    return run

@@ -1,0 +1,137 @@
+"""From consumed records to finished work: parse, run the flow, dead-letter, log, count.
+
+Ordering: records with the same key run one after another, in offset order; different
+keys run concurrently. The caller commits only after `process_batch` returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from service.events import Event, MalformedEvent, parse_cloudevent
+from service.flows import FlowEngine, FlowResult
+from service.logs import mask_address
+from service.metrics import Metrics
+from service.outputs import Outputs, Record
+
+__all__ = ["Processor"]
+
+log = logging.getLogger("herald.events")
+
+
+class Processor:
+    """Processes batches of records; never raises for a bad record, only for lost output."""
+
+    def __init__(
+        self,
+        engine: FlowEngine,
+        outputs: Outputs,
+        metrics: Metrics,
+        *,
+        concurrency: int = 64,
+        show_addresses: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.outputs = outputs
+        self.metrics = metrics
+        self.show_addresses = show_addresses
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def process_batch(self, records: Sequence[Record]) -> None:
+        """Process every record; same-key records in order, other keys concurrently."""
+        lanes: dict[Any, list[Record]] = defaultdict(list)
+        for record in records:
+            lane = record.key if record.key is not None else (record.topic, record.partition)
+            lanes[lane].append(record)
+        async with asyncio.TaskGroup() as group:
+            for lane in lanes.values():
+                group.create_task(self._process_lane(lane))
+
+    async def _process_lane(self, records: list[Record]) -> None:
+        async with self._slots:
+            for record in records:
+                await self.process(record)
+
+    async def process(self, record: Record) -> None:
+        """One record to its fate: done, skipped or dead-lettered."""
+        started = time.perf_counter()
+        try:
+            event = parse_cloudevent(record.value, record.headers)
+        except MalformedEvent as exc:
+            await self._dead_letter(record, None, "MalformedEvent", str(exc), started)
+            return
+        if event is None:
+            self.metrics.events.labels("unknown", "skipped").inc()
+            log.debug("event type has no trigger, skipped", extra=_where(record))
+            return
+        try:
+            result = await self.engine.run(event)
+        except Exception as exc:  # a bug in Herald itself: contain it to this event
+            log.error("flow crashed", exc_info=exc, extra={"event_id": event.id})
+            await self._dead_letter(record, event, "InternalError", str(exc), started)
+            return
+        if result.failure is not None:
+            failure = result.failure
+            await self._dead_letter(record, event, failure.error, failure.reason, started, result)
+            return
+        self._finished(event, "ok", started, result)
+
+    async def _dead_letter(
+        self,
+        record: Record,
+        event: Event | None,
+        error: str,
+        reason: str,
+        started: float,
+        result: FlowResult | None = None,
+    ) -> None:
+        topic = await self.outputs.dead_letter(record, error, reason)
+        self.metrics.dlq.labels(error).inc()
+        trigger = event.trigger.name if event else "unknown"
+        self.metrics.events.labels(trigger, "dead_lettered").inc()
+        self.metrics.event_duration.observe(time.perf_counter() - started)
+        log.warning(
+            "event dead-lettered",
+            extra={
+                **_where(record),
+                "event_id": event.id if event else None,
+                "trigger": trigger,
+                "outcome": "dead_lettered",
+                "error": error,
+                "reason": reason,
+                "dlq_topic": topic,
+                "actions": result.actions if result else [],
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+
+    def _finished(self, event: Event, outcome: str, started: float, result: FlowResult) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.events.labels(event.trigger.name, outcome).inc()
+        self.metrics.event_duration.observe(elapsed)
+        if log.isEnabledFor(logging.INFO):
+            email = event.user.get("email")
+            log.info(
+                "event processed",
+                extra={
+                    "event_id": event.id,
+                    "trigger": event.trigger.name,
+                    "outcome": outcome,
+                    "decision": result.decision,
+                    "user": self._address(email) if isinstance(email, str) else None,
+                    "actions": result.actions,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+
+    def _address(self, address: str) -> str:
+        return address if self.show_addresses else mask_address(address)
+
+
+def _where(record: Record) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}

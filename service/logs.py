@@ -1,0 +1,51 @@
+"""Structured JSON logs: one object per line; addresses masked unless configured."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+__all__ = ["JsonFormatter", "mask_address", "setup_logging"]
+
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+
+def mask_address(address: str) -> str:
+    """`ada@example.com` → `a***@example.com`; anything else → `***`."""
+    local, at, domain = address.rpartition("@")
+    return f"{local[:1]}***@{domain}" if at and local else "***"
+
+
+class JsonFormatter(logging.Formatter):
+    """Render a record and its `extra=` fields as one JSON line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info and record.exc_info[1] is not None:
+            # One line with the error class and text; tracebacks stay out of the log stream.
+            exc = record.exc_info[1]
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        return orjson.dumps(entry, default=str).decode()
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Send every logger to stderr as JSON lines at `level`; quiet chatty libraries."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiokafka", "faststream", "mail.log", "aiosmtpd"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

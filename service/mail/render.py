@@ -1,0 +1,241 @@
+"""Email templates: sandboxed Jinja2, locale variants overriding file by file (SPEC §6)."""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2 import TemplateNotFound, TemplateSyntaxError, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+__all__ = ["PARTS", "Rendered", "Renderer", "TemplateError", "candidate_locales"]
+
+#: The files of one template, by part. Subject and text are required, HTML is optional.
+PARTS: dict[str, str] = {"subject": "subject.txt.j2", "text": "text.txt.j2", "html": "html.html.j2"}
+_REQUIRED = ("subject", "text")
+_LOCALE = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+class TemplateError(Exception):
+    """A template is missing, does not compile, or fails to render; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One rendered email. `locale` is the variant used (`"de"`), or the default locale."""
+
+    subject: str
+    text: str
+    html: str | None
+    locale: str
+
+
+def normalize_locale(locale: str | None) -> str | None:
+    """Canonical BCP 47 casing (`de_at` → `de-AT`), or None when `locale` is not a tag."""
+    locale = (locale or "").strip()
+    if len(locale) > 35 or not _LOCALE.fullmatch(locale):
+        return None
+    first, *rest = locale.replace("_", "-").split("-")
+    return "-".join([first.lower(), *map(_case_subtag, rest)])
+
+
+def _case_subtag(tag: str) -> str:
+    if len(tag) == 2 and tag.isalpha():
+        return tag.upper()  # region: AT
+    if len(tag) == 4 and tag.isalpha():
+        return tag.title()  # script: Hant
+    return tag.lower()
+
+
+def candidate_locales(locale: str | None, default: str) -> list[str]:
+    """Locales to try, most specific first: `de-AT` → `[de-AT, de, default]`."""
+    tag = normalize_locale(locale)
+    subtags = tag.split("-") if tag else []
+    chain = ["-".join(subtags[:i]) for i in range(len(subtags), 0, -1)]
+    return list(dict.fromkeys([*chain, normalize_locale(default) or default]))
+
+
+def format_datetime(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
+    """Jinja filter: an ISO 8601 timestamp in UTC; anything unparseable passes through."""
+    if not value:
+        return ""
+    try:
+        when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    # CloudEvents times carry an offset; a naive one is taken as UTC rather than local time.
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.strftime(fmt)
+
+
+def http_url(value: Any) -> str:
+    """Jinja filter: `value` if it is an http(s) URL, else "" (no `javascript:` links)."""
+    url = str(value or "").strip()
+    return url if url.lower().startswith(("https://", "http://")) else ""
+
+
+class Renderer:
+    """Renders `templates_dir/<name>/` in the locale closest to the user's."""
+
+    def __init__(
+        self, templates_dir: Path, default_locale: str = "en", *, auto_reload: bool = False
+    ) -> None:
+        self.templates_dir = Path(templates_dir)
+        self.default_locale = normalize_locale(default_locale) or default_locale
+        self._escaped = jinja2.select_autoescape(("html.j2", "html"), default_for_string=False)
+        # Immutable sandbox: templates may read event data but never call into or mutate it.
+        self.env = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(self.templates_dir),
+            autoescape=self._escaped,
+            undefined=jinja2.ChainableUndefined,  # a missing optional field renders as ""
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            cache_size=-1,  # unbounded: every file compiles once, until reload()
+            auto_reload=auto_reload,
+        )
+        self.env.filters.update(datetime=format_datetime, http_url=http_url)
+        self._variants: dict[str, dict[str, str]] = {}
+        self._files: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
+
+    def reload(self) -> None:
+        """Forget compiled templates and directory listings (SIGHUP)."""
+        self.env.cache.clear()  # type: ignore[union-attr]
+        self._variants.clear()
+        self._files.clear()
+
+    def names(self) -> list[str]:
+        """Template names: the directories of templates_dir, except `_layout` and the like."""
+        if not self.templates_dir.is_dir():
+            return []
+        dirs = (p for p in self.templates_dir.iterdir() if p.is_dir())
+        return sorted(p.name for p in dirs if _NAME.fullmatch(p.name))
+
+    def locales(self, name: str) -> list[str]:
+        """The locale variant directories of template `name`, as spelled on disk."""
+        base = self._base(name)
+        dirs = (p for p in base.iterdir() if p.is_dir()) if base.is_dir() else ()
+        return sorted(p.name for p in dirs if normalize_locale(p.name))
+
+    def resolve(self, name: str, locale: str | None) -> tuple[str, dict[str, str]]:
+        """The locale used and, per part, the loader path of the file that renders it."""
+        variants = self._variant_dirs(name)
+        candidates = candidate_locales(locale, self.default_locale)
+        found = [(c, variants[c.lower()]) for c in candidates if c.lower() in variants]
+        # Keyed by directories that exist, not by the locale string: events cannot grow it.
+        key = (name, tuple(d for _, d in found))
+        if key not in self._files or self.env.auto_reload:
+            self._files[key] = self._pick_files(name, key[1])
+        return (found[0][0] if found else self.default_locale), self._files[key]
+
+    def render(self, name: str, locale: str | None, context: Mapping[str, Any]) -> Rendered:
+        """Render template `name` for `locale`; the subject always comes out as one line."""
+        used, files = self.resolve(name, locale)
+        subject = " ".join(_CONTROL.sub(" ", self._render_file(files["subject"], context)).split())
+        text = self._render_file(files["text"], context)
+        html = self._render_file(files["html"], context) if "html" in files else None
+        return Rendered(subject=subject, text=text, html=html, locale=used)
+
+    def check(self) -> list[str]:
+        """Compile every template file; problems as `path:line: message`."""
+        if not self.templates_dir.is_dir():
+            return [f"{self.templates_dir}:1: templates directory not found"]
+        problems = [problem for name in self.names() for problem in self._check_layout(name)]
+        for path in sorted(self.templates_dir.rglob("*.j2")):
+            problems += self._check_file(path)
+        return problems
+
+    def _base(self, name: str) -> Path:
+        # Names come from config; only a plain directory name keeps the lookup inside
+        # templates_dir. Locales are safe by construction (see candidate_locales).
+        if not _NAME.fullmatch(name):
+            raise TemplateError(f"invalid template name {name!r}")
+        return self.templates_dir / name
+
+    def _variant_dirs(self, name: str) -> dict[str, str]:
+        if not self._base(name).is_dir():
+            raise TemplateError(f"{self._base(name)}: unknown template {name!r}")
+        if name not in self._variants or self.env.auto_reload:
+            self._variants[name] = {d.replace("_", "-").lower(): d for d in self.locales(name)}
+        return self._variants[name]
+
+    def _pick_files(self, name: str, dirs: tuple[str, ...]) -> dict[str, str]:
+        files: dict[str, str] = {}
+        for part, filename in PARTS.items():
+            paths = [*(f"{name}/{d}/{filename}" for d in dirs), f"{name}/{filename}"]
+            chosen = next((p for p in paths if (self.templates_dir / p).is_file()), None)
+            if chosen:
+                files[part] = chosen
+        for part in _REQUIRED:
+            if part not in files:
+                raise TemplateError(f"{self._base(name) / PARTS[part]}: template file is missing")
+        return files
+
+    def _render_file(self, path: str, context: Mapping[str, Any]) -> str:
+        try:
+            return self.env.get_template(path).render(context)
+        except TemplateSyntaxError as exc:
+            raise TemplateError(_one_line(exc.filename or path, exc.lineno, exc.message)) from exc
+        except Exception as exc:
+            # Jinja rewrites tracebacks so that template frames carry the file and line.
+            frames = traceback.extract_tb(exc.__traceback__)
+            ours = [f for f in frames if f.filename.startswith(str(self.templates_dir))]
+            file, line = (ours[-1].filename, ours[-1].lineno) if ours else (path, None)
+            raise TemplateError(_one_line(file, line, f"{type(exc).__name__}: {exc}")) from exc
+
+    def _check_layout(self, name: str) -> Iterator[str]:
+        base = self._base(name)
+        for part in _REQUIRED:
+            if not (base / PARTS[part]).is_file():
+                yield f"{base / PARTS[part]}:1: required template file is missing"
+        # A misspelt file in a variant would silently fall back to the default language.
+        for folder in (base, *(base / d for d in self.locales(name))):
+            for path in sorted(folder.glob("*.j2")):
+                if path.name not in PARTS.values() and not path.name.startswith("_"):
+                    yield f"{path}:1: unknown file, expected {', '.join(PARTS.values())}"
+
+    def _check_file(self, path: Path) -> list[str]:
+        name = path.relative_to(self.templates_dir).as_posix()
+        try:
+            ast = self.env.parse(path.read_text("utf-8"), name, str(path))
+            self.env.compile(ast, name, str(path))  # also catches unknown filters and tests
+        except TemplateSyntaxError as exc:
+            return [_one_line(str(path), exc.lineno, exc.message)]
+        except (OSError, UnicodeDecodeError) as exc:
+            return [_one_line(str(path), 1, f"cannot read: {exc}")]
+        problems = []
+        for ref, line in _references(ast):
+            if not self._exists(ref):
+                problems.append(f"{path}:{line}: template {ref!r} not found")
+            elif self._escaped(name) and not self._escaped(ref):
+                # A text template's macros and includes are not escaped where HTML uses them.
+                problems.append(f"{path}:{line}: HTML template uses non-HTML template {ref!r}")
+        return problems
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
+        except TemplateNotFound:
+            return False
+        return True
+
+
+def _references(ast: nodes.Template) -> Iterator[tuple[str, int]]:
+    """Templates named literally by extends / include / import, with their line."""
+    for node in ast.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        target = getattr(node, "template", None)
+        if isinstance(target, nodes.Const) and isinstance(target.value, str):
+            yield target.value, node.lineno
+
+
+def _one_line(path: str, line: int | None, message: str | None) -> str:
+    where = f"{path}:{line}" if line else path
+    return f"{where}: {' '.join(str(message or 'error').split())}"

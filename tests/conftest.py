@@ -1,0 +1,37 @@
+"""Shared fixtures: the embedded Kafka-protocol broker and a recording SMTP server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from service.devtools.broker import EmbeddedKafka
+from service.devtools.smtp import RecordingSMTP
+from tests.harness import Kafka
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[EmbeddedKafka]:
+    with EmbeddedKafka() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[RecordingSMTP]:
+    with RecordingSMTP() as server:
+        yield server
+
+
+@pytest.fixture
+def smtp(smtp_server: RecordingSMTP) -> RecordingSMTP:
+    smtp_server.reset()
+    return smtp_server
+
+
+@pytest.fixture
+async def client(kafka: EmbeddedKafka) -> AsyncIterator[Kafka]:
+    kafka_client = Kafka(kafka.bootstrap)
+    await kafka_client.start()
+    yield kafka_client
+    await kafka_client.stop()

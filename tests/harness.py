@@ -1,0 +1,166 @@
+"""Integration-test helpers: a real Herald against the embedded broker and aiosmtpd."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from service.app import Herald
+from service.config import Config, parse_config
+from service.devtools.broker import EmbeddedKafka
+from service.devtools.smtp import RecordingSMTP
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "events"
+EMAIL_FLOWS = {
+    "post-change-password": "password_changed",
+    "post-user-registration": "welcome",
+    "password-reset-requested": "password_reset",
+    "email-verification-requested": "verify_email",
+    "login-failed": "login_alert",
+}
+
+
+def unique(prefix: str) -> str:
+    """A topic or group name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def make_config(kafka: EmbeddedKafka, smtp: RecordingSMTP, tmp: Path, **sections: Any) -> Config:
+    """A config for one test: its own topic and group, the recording server, fast retries."""
+    topic = unique("events")
+    kafka.create_topic(topic, 4)
+    doc: dict[str, Any] = {
+        "kafka": {
+            "bootstrap_servers": kafka.bootstrap,
+            "group_id": unique("herald"),
+            "topics": [topic],
+            "auto_offset_reset": "earliest",
+        },
+        "smtp": {"host": "127.0.0.1", "port": smtp.port, "from": "Herald Test <no-reply@herald.test>",
+                 "timeout_s": 5, "pool_size": 2},
+        "retry": {"attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.05},
+        "dedupe": {"backend": "sqlite", "path": str(tmp / "herald.db")},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "templates_dir": str(ROOT / "templates"),
+        "secrets": {"SUPPORT_URL": "https://support.herald.test/"},
+        "flows": {
+            trigger: [{"id": f"email-{template}", "action": "send_email", "template": template}]
+            for trigger, template in EMAIL_FLOWS.items()
+        },
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    return parse_config(yaml.safe_dump(doc), "test.yaml", environ={})
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Herald]:
+    """Herald started for real, stopped at the end; waits for its partitions."""
+    herald = Herald(config)
+    await herald.start()
+    try:
+        await wait_until(lambda: bool(herald.assignment.partitions), "partitions assigned")
+        yield herald
+    finally:
+        await herald.stop()
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = 15
+) -> None:
+    """Poll `condition` until true; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if await result if isinstance(result, Awaitable) else result:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for: {what}")
+
+
+def load_example(trigger: str, **changes: Any) -> dict[str, Any]:
+    """A sample event from examples/events with a fresh id and `data.user` changes."""
+    event = orjson.loads((EXAMPLES / f"{trigger}.json").read_bytes())
+    event["id"] = unique("evt")
+    event["data"]["user"].update(changes)
+    return event
+
+
+class Kafka:
+    """Produce and read topics of the embedded broker as a client would."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | dict[str, Any] | None,
+        *,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        if isinstance(value, dict):
+            value = orjson.dumps(value)
+            key = key or value_key(value)
+        await self.producer.send_and_wait(topic, value, key=key, headers=headers or [])
+
+    async def read(self, topic: str, count: int, timeout: float = 15) -> list[ConsumerRecord]:
+        """Wait for `count` records on `topic` (all partitions, from the start)."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = await _partitions(consumer, topic)
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            return await _collect(consumer, count, timeout)
+        finally:
+            await consumer.stop()
+
+
+def value_key(value: bytes) -> bytes | None:
+    data = orjson.loads(value)
+    try:
+        return str(data["data"]["user"]["user_id"]).encode()
+    except (KeyError, TypeError):
+        return None
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    deadline = time.monotonic() + 10
+    while not (found := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"topic {topic} does not exist")
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.05)
+    return [TopicPartition(topic, p) for p in sorted(found)]
+
+
+async def _collect(consumer: AIOKafkaConsumer, count: int, timeout: float) -> list[ConsumerRecord]:
+    records: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout
+    while len(records) < count and time.monotonic() < deadline:
+        batch = await consumer.getmany(timeout_ms=100)
+        for part in batch.values():
+            records.extend(part)
+    return records

@@ -1,0 +1,557 @@
+"""SmtpPool, error classification and RetryPolicy against real in-process aiosmtpd servers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtplib import (
+    SMTPConnectError,
+    SMTPDataError,
+    SMTPRecipientRefused,
+    SMTPRecipientsRefused,
+    SMTPServerDisconnected,
+)
+
+from service.mail.transport import (
+    DeliveryError,
+    PermanentError,
+    ServerUnavailable,
+    SmtpPool,
+    TransientError,
+    classify,
+)
+from service.retry import RetryPolicy
+
+HOST = "127.0.0.1"
+SENDER = "no-reply@example.com"
+RCPT = "ada@example.com"
+# CRLF line endings, a line starting with a dot (dot-stuffed on the wire) and 8-bit text.
+MESSAGE = (
+    b"From: Herald <no-reply@example.com>\r\n"
+    b"To: ada@example.com\r\n"
+    b"Subject: Password changed\r\n"
+    b"\r\n"
+    b"Hello Ada,\r\n"
+    b".a line that starts with a dot\r\n"
+    b"caf\xc3\xa9\r\n"
+)
+USER, PASSWORD = "herald", "s3cret-Pa55"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on (right now)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Recorder:
+    """aiosmtpd handler: records accepted mail; DATA and RCPT replies can be scripted."""
+
+    data_replies: list[str] = field(default_factory=list)  # consumed one per DATA
+    rejected: dict[str, str] = field(default_factory=dict)  # recipient -> RCPT reply
+    drop_reused: str = ""  # "close" or "421": break the 2nd MAIL of every session
+    data_delay_s: float = 0.0
+    messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    peers: set[Any] = field(default_factory=set)  # one per connection
+    helo_names: list[str] = field(default_factory=list)
+    tls: list[bool] = field(default_factory=list)
+    authenticated: list[bool] = field(default_factory=list)
+    _mails: dict[Any, int] = field(default_factory=dict)
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self._mails[session.peer] = self._mails.get(session.peer, 0) + 1
+        if self.drop_reused and self._mails[session.peer] > 1:
+            if self.drop_reused == "421":
+                return "421 4.4.2 Error: timeout exceeded"
+            server.transport.close()  # vanish without a reply
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.rejected:
+            return self.rejected[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.peers.add(session.peer)
+        self.helo_names.append(session.host_name)
+        self.tls.append(server.transport.get_extra_info("ssl_object") is not None)
+        self.authenticated.append(bool(session.authenticated))
+        if self.data_delay_s:
+            await asyncio.sleep(self.data_delay_s)
+        reply = self.data_replies.pop(0) if self.data_replies else "250 2.0.0 Ok: queued as 42"
+        if reply.startswith("2"):
+            self.messages.append(
+                (envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            )
+        return reply
+
+
+@dataclass
+class Server:
+    """A running aiosmtpd Controller and its handler."""
+
+    controller: Controller
+    handler: Recorder
+    port: int
+    running: bool = True
+
+    def stop(self) -> None:
+        if self.running:
+            self.controller.stop()
+            self.running = False
+
+
+StartServer = Callable[..., Server]
+
+
+@pytest.fixture
+def start_server() -> Iterator[StartServer]:
+    """Start aiosmtpd servers on free ports; all are stopped after the test."""
+    servers: list[Server] = []
+
+    def start(handler: Recorder | None = None, port: int | None = None, **smtp: Any) -> Server:
+        handler = handler or Recorder()
+        port = port or free_port()
+        smtp.setdefault("server_hostname", "mx.test")  # else aiosmtpd calls getfqdn()
+        controller = Controller(handler, hostname=HOST, port=port, **smtp)
+        controller.start()
+        servers.append(Server(controller, handler, port))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: StartServer) -> Server:
+    return start_server()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(HOST, "localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="module")
+def client_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+def make_pool(port: int, **kwargs: Any) -> SmtpPool:
+    kwargs.setdefault("timeout_s", 2)
+    kwargs.setdefault("local_hostname", "herald.test")
+    return SmtpPool(HOST, port, **kwargs)
+
+
+async def send_one(pool: SmtpPool, recipients: list[str] | None = None) -> str:
+    return await pool.send(SENDER, recipients or [RCPT], MESSAGE)
+
+
+# --- sending and pooling -----------------------------------------------------------
+
+
+async def test_send_is_recorded_byte_exact(server: Server) -> None:
+    async with make_pool(server.port) as pool:
+        reply = await send_one(pool)
+    assert reply == "2.0.0 Ok: queued as 42"
+    assert server.handler.messages == [(SENDER, [RCPT], MESSAGE)]
+    assert server.handler.helo_names == ["herald.test"]
+    assert server.handler.tls == [False]
+
+
+async def test_pool_reuses_at_most_size_connections(server: Server) -> None:
+    async with make_pool(server.port, size=2) as pool:
+        await asyncio.gather(*(send_one(pool) for _ in range(20)))
+        for _ in range(5):
+            await send_one(pool)
+    assert len(server.handler.messages) == 25
+    assert 1 <= len(server.handler.peers) <= 2
+
+
+async def test_fqdn_is_looked_up_once_per_pool(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def getfqdn(name: str = "") -> str:
+        calls.append(name)
+        return "fqdn.herald.test"
+
+    monkeypatch.setattr(socket, "getfqdn", getfqdn)
+    server.handler.data_replies = ["451 4.3.0 again"] * 2  # each failure costs a connection
+    async with SmtpPool(HOST, server.port, timeout_s=2) as pool:
+        for _ in range(3):
+            await asyncio.gather(send_one(pool), return_exceptions=True)
+    assert len(calls) == 1
+    assert len(server.handler.peers) == 3
+    assert set(server.handler.helo_names) == {"fqdn.herald.test"}
+
+
+async def test_server_closing_idle_connection_costs_nothing(start_server: StartServer) -> None:
+    server = start_server(timeout=0.2)  # aiosmtpd closes sessions idle for 0.2 s
+    async with make_pool(server.port) as pool:
+        await send_one(pool)
+        await asyncio.sleep(0.4)
+        await send_one(pool)
+    assert len(server.handler.messages) == 2
+    assert len(server.handler.peers) == 2
+
+
+async def test_server_restart_costs_nothing(start_server: StartServer) -> None:
+    first = start_server()
+    async with make_pool(first.port) as pool:
+        await send_one(pool)
+        first.stop()
+        second = start_server(port=first.port)
+        await send_one(pool)
+    assert len(first.handler.messages) == 1
+    assert len(second.handler.messages) == 1
+
+
+@pytest.mark.parametrize("how", ["close", "421"])
+async def test_dropped_reused_connection_is_retried_once_transparently(
+    start_server: StartServer, how: str
+) -> None:
+    server = start_server(Recorder(drop_reused=how))
+    async with make_pool(server.port) as pool:
+        await send_one(pool)
+        await send_one(pool)  # the reused session breaks at MAIL; a fresh one succeeds
+    assert len(server.handler.messages) == 2
+    assert len(server.handler.peers) == 2
+
+
+async def test_failed_connection_is_discarded(server: Server) -> None:
+    server.handler.data_replies = ["451 4.3.0 try again"]
+    async with make_pool(server.port) as pool:
+        with pytest.raises(TransientError):
+            await send_one(pool)
+        await send_one(pool)
+    assert len(server.handler.messages) == 1
+    assert len(server.handler.peers) == 2
+
+
+# --- classification of replies -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        ("421 4.3.2 Service shutting down", TransientError),
+        ("451 4.3.0 Temporary local problem", TransientError),
+        ("550 5.7.1 Message rejected as spam", PermanentError),
+        ("554 5.6.0 Message content rejected", PermanentError),
+    ],
+)
+async def test_data_reply_is_classified(server: Server, reply: str, kind: type) -> None:
+    server.handler.data_replies = [reply]
+    async with make_pool(server.port) as pool:
+        with pytest.raises(DeliveryError) as caught:
+            await send_one(pool)
+    assert type(caught.value) is kind
+    assert caught.value.reason == reply
+    assert caught.value.code == int(reply[:3])
+    assert server.handler.messages == []
+
+
+async def test_rejected_recipient_is_permanent(server: Server) -> None:
+    reply = "550 5.1.1 <nobody@example.com>: Recipient address rejected"
+    server.handler.rejected = {"nobody@example.com": reply}
+    async with make_pool(server.port) as pool:
+        with pytest.raises(PermanentError) as caught:
+            await send_one(pool, ["nobody@example.com"])
+        await send_one(pool, ["nobody@example.com", RCPT])  # partly accepted: sent
+    assert caught.value.reason == reply
+    assert server.handler.messages == [(SENDER, [RCPT], MESSAGE)]
+
+
+async def test_unsendable_address_is_permanent_and_spares_the_connection(server: Server) -> None:
+    async with make_pool(server.port) as pool:
+        with pytest.raises(PermanentError, match="invalid address"):
+            await pool.send(SENDER, ["ada@example.com\r\nRCPT TO:<eve@example.com>"], MESSAGE)
+        with pytest.raises(PermanentError, match="no recipients"):
+            await pool.send(SENDER, [], MESSAGE)
+    assert server.handler.peers == set()
+
+
+def test_classify_is_pure_and_one_line() -> None:
+    where = "mail.example.com:25"
+    refused = ConnectionRefusedError(111, "Connection refused")
+    connect = SMTPConnectError("Error connecting")
+    connect.__cause__ = refused
+    mixed = SMTPRecipientsRefused(
+        [
+            SMTPRecipientRefused(550, "5.1.1 unknown", "a@example.com"),
+            SMTPRecipientRefused(452, "4.2.2 mailbox full", "b@example.com"),
+        ]
+    )
+    assert type(classify(connect, where)) is ServerUnavailable
+    assert classify(connect, where).reason == f"connection refused by {where}"
+    assert type(classify(mixed, where)) is TransientError
+    assert classify(SMTPDataError(550, "5.7.1 line one\nline two"), where).reason == (
+        "550 5.7.1 line one line two"
+    )
+    assert type(classify(SMTPServerDisconnected("Connection lost"), where)) is TransientError
+    assert type(classify(SMTPServerDisconnected("lost"), where, connecting=True)) is (
+        ServerUnavailable
+    )
+    assert type(classify(TimeoutError(), where)) is TransientError
+
+
+# --- connection failures -----------------------------------------------------------
+
+
+async def test_connection_refused_is_server_unavailable() -> None:
+    port = free_port()
+    async with make_pool(port) as pool:
+        with pytest.raises(ServerUnavailable) as caught:
+            await send_one(pool)
+        assert await pool.probe() is False
+    assert caught.value.reason == f"connection refused by {HOST}:{port}"
+
+
+async def test_silent_server_times_out_within_timeout() -> None:
+    silent = await asyncio.start_server(lambda r, w: None, HOST, 0)  # accepts, never answers
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        async with make_pool(port, timeout_s=0.3) as pool:
+            started = time.monotonic()
+            with pytest.raises(ServerUnavailable, match="timed out"):
+                await send_one(pool)
+            assert time.monotonic() - started < 1.5
+            assert await pool.probe() is False
+    finally:
+        silent.close()
+
+
+async def test_slow_reply_mid_session_is_transient(server: Server) -> None:
+    server.handler.data_delay_s = 1.0
+    async with make_pool(server.port, timeout_s=0.3) as pool:
+        with pytest.raises(TransientError, match="timed out") as caught:
+            await send_one(pool)
+    assert not isinstance(caught.value, ServerUnavailable)
+
+
+# --- TLS -----------------------------------------------------------------------------
+
+
+async def test_starttls_with_trusted_certificate(
+    start_server: StartServer, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server = start_server(tls_context=server_tls, require_starttls=True)
+    async with make_pool(server.port, security="starttls", tls_context=client_tls) as pool:
+        await send_one(pool)
+    assert server.handler.tls == [True]
+
+
+async def test_starttls_with_untrusted_certificate_fails(
+    start_server: StartServer, server_tls: ssl.SSLContext
+) -> None:
+    server = start_server(tls_context=server_tls, require_starttls=True)
+    async with make_pool(server.port, security="starttls") as pool:  # system CAs only
+        with pytest.raises(ServerUnavailable, match="certificate") as caught:
+            await send_one(pool)
+        assert await pool.probe() is False
+    assert caught.value.reason.startswith(f"TLS certificate of {HOST}:{server.port} rejected")
+
+
+async def test_starttls_never_falls_back_to_plain(server: Server) -> None:
+    async with make_pool(server.port, security="starttls") as pool:
+        with pytest.raises(ServerUnavailable, match="STARTTLS"):
+            await send_one(pool)
+    assert server.handler.messages == []
+
+
+async def test_security_none_does_not_upgrade(
+    start_server: StartServer, server_tls: ssl.SSLContext
+) -> None:
+    server = start_server(tls_context=server_tls)  # offers STARTTLS, does not require it
+    async with make_pool(server.port) as pool:
+        await send_one(pool)
+    assert server.handler.tls == [False]
+
+
+async def test_implicit_tls(
+    start_server: StartServer, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server = start_server(ssl_context=server_tls)
+    async with make_pool(server.port, security="tls", tls_context=client_tls) as pool:
+        await send_one(pool)
+        untrusted = make_pool(server.port, security="tls")
+        with pytest.raises(ServerUnavailable, match="certificate"):
+            await send_one(untrusted)
+        await untrusted.close()
+    assert server.handler.messages == [(SENDER, [RCPT], MESSAGE)]
+    assert server.handler.tls == [True]
+
+
+# --- authentication ------------------------------------------------------------------
+
+
+def authenticator(
+    server: Any, session: Any, envelope: Any, mechanism: str, data: LoginPassword
+) -> AuthResult:
+    """Accepts USER/PASSWORD; a failure reply that (badly) echoes the password."""
+    if (data.login, data.password) == (USER.encode(), PASSWORD.encode()):
+        return AuthResult(success=True)
+    echo = data.password.decode()
+    return AuthResult(success=False, handled=False, message=f"535 5.7.8 bad password {echo}")
+
+
+@pytest.fixture
+def auth_server(start_server: StartServer) -> Server:
+    return start_server(authenticator=authenticator, auth_require_tls=False)
+
+
+async def test_auth_login_succeeds(auth_server: Server) -> None:
+    async with make_pool(auth_server.port, username=USER, password=PASSWORD) as pool:
+        await send_one(pool)
+    assert auth_server.handler.authenticated == [True]
+
+
+async def test_auth_failure_is_permanent_and_hides_the_password(auth_server: Server) -> None:
+    wrong = "hunter2-wrong"
+    async with make_pool(auth_server.port, username=USER, password=wrong) as pool:
+        with pytest.raises(PermanentError) as caught:
+            await send_one(pool)
+    assert caught.value.reason.startswith("535 5.7.8")
+    assert wrong not in caught.value.reason
+    assert wrong not in str(caught.value)
+
+
+async def test_no_auth_without_username(auth_server: Server) -> None:
+    async with make_pool(auth_server.port) as pool:
+        await send_one(pool)
+    assert auth_server.handler.authenticated == [False]
+
+
+# --- probe and lifecycle -------------------------------------------------------------
+
+
+async def test_probe(server: Server) -> None:
+    pool = make_pool(server.port, size=1)
+    assert await pool.probe() is True  # opens a connection and keeps it
+    await send_one(pool)
+    assert await pool.probe() is True  # NOOP on the idle connection
+    assert len(server.handler.peers) == 1
+    await pool.close()
+    assert await pool.probe() is False
+    with pytest.raises(ServerUnavailable, match="closed"):
+        await send_one(pool)
+
+
+# --- retry policy --------------------------------------------------------------------
+
+
+@dataclass
+class Recording:
+    """Records on_retry calls and sleeps instead of sleeping."""
+
+    retries: list[tuple[int, DeliveryError]] = field(default_factory=list)
+    sleeps: list[float] = field(default_factory=list)
+
+    def on_retry(self, attempt: int, error: DeliveryError) -> None:
+        self.retries.append((attempt, error))
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+async def test_retry_until_success(server: Server) -> None:
+    server.handler.data_replies = ["421 4.3.2 busy", "421 4.3.2 busy"]
+    rec = Recording()
+    policy = RetryPolicy(5, 0.5, 30, sleep=rec.sleep)
+    async with make_pool(server.port) as pool:
+        reply = await policy.run(lambda: send_one(pool), on_retry=rec.on_retry)
+    assert reply.startswith("2.0.0")
+    assert [n for n, _ in rec.retries] == [1, 2]
+    assert all(e.reason == "421 4.3.2 busy" for _, e in rec.retries)
+    assert len(rec.sleeps) == 2
+    assert len(server.handler.messages) == 1
+
+
+async def test_permanent_error_is_not_retried(server: Server) -> None:
+    server.handler.data_replies = ["550 5.7.1 rejected"]
+    rec = Recording()
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        return await send_one(pool)
+
+    async with make_pool(server.port) as pool:
+        with pytest.raises(PermanentError):
+            await RetryPolicy(5, 0.5, 30, sleep=rec.sleep).run(attempt, rec.on_retry)
+    assert calls == 1
+    assert rec.retries == [] and rec.sleeps == []
+
+
+async def test_exhausted_attempts_raise_the_last_transient_error() -> None:
+    rec = Recording()
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        raise TransientError(f"451 try {calls}")
+
+    with pytest.raises(TransientError, match="451 try 3"):
+        await RetryPolicy(3, 0.5, 30, sleep=rec.sleep).run(attempt, rec.on_retry)
+    assert calls == 3
+    assert [n for n, _ in rec.retries] == [1, 2]
+
+
+async def failing() -> str:
+    raise TransientError("421 busy")
+
+
+async def test_backoff_is_exponential_and_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("random.uniform", lambda low, high: high)  # the top of each window
+    rec = Recording()
+    with pytest.raises(TransientError):
+        await RetryPolicy(7, 0.5, 4, sleep=rec.sleep).run(failing)
+    assert rec.sleeps == [0.5, 1, 2, 4, 4, 4]
+
+
+async def test_backoff_is_jittered_within_its_window() -> None:
+    rec = Recording()
+    with pytest.raises(TransientError):
+        await RetryPolicy(8, 0.5, 4, sleep=rec.sleep).run(failing)
+    assert len(rec.sleeps) == 7
+    for n, slept in enumerate(rec.sleeps):
+        assert 0 <= slept <= min(4, 0.5 * 2**n)
+
+
+def test_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(0, 0.5, 30)
+    with pytest.raises(ValueError):
+        RetryPolicy(3, -1, 30)
