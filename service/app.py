@@ -130,6 +130,7 @@ class Herald:
             security=security(cfg),
             client_id="herald",
             logger=logging.getLogger("faststream"),
+            log_level=logging.DEBUG,  # per-message lines; Herald logs each outcome itself
         )
         subscriber = broker.subscriber(
             *(Topic(name, declare=False) for name in cfg.topics),

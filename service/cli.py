@@ -44,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="herald", description=__doc__)
-    parser.add_argument("--config", help="config file (default: $HERALD_CONFIG or config/herald.yaml)")
+    parser.add_argument(
+        "--config", help="config file (default: $HERALD_CONFIG or config/herald.yaml)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="consume events and run their flows (production)")
     run.set_defaults(func=_run)

@@ -49,8 +49,8 @@ class Processor:
             lane = record.key if record.key is not None else (record.topic, record.partition)
             lanes[lane].append(record)
         async with asyncio.TaskGroup() as group:
-            for lane in lanes.values():
-                group.create_task(self._process_lane(lane))
+            for same_key in lanes.values():
+                group.create_task(self._process_lane(same_key))
 
     async def _process_lane(self, records: list[Record]) -> None:
         async with self._slots:

@@ -72,7 +72,7 @@ def validate_envelope(envelope: Any) -> Event | None:
     if not isinstance(envelope, dict):
         raise MalformedEvent("event is not a JSON object")
     if envelope.get("specversion") != "1.0":
-        raise MalformedEvent("specversion must be \"1.0\"")
+        raise MalformedEvent('specversion must be "1.0"')
     _require_string(envelope, "id", max_len=256)
     _require_string(envelope, "source")
     _require_string(envelope, "type")
@@ -97,7 +97,7 @@ def _binary_attributes(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
         if not name.startswith(_CE_HEADER_PREFIX):
             continue
         try:
-            attributes[name[len(_CE_HEADER_PREFIX):]] = raw.decode()
+            attributes[name[len(_CE_HEADER_PREFIX) :]] = raw.decode()
         except UnicodeDecodeError:
             raise MalformedEvent(f"header {name} is not valid UTF-8") from None
     return attributes if "specversion" in attributes else {}

@@ -14,15 +14,21 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events = Counter(
-            "herald_events", "Events consumed, by trigger and outcome.", ["trigger", "outcome"],
+            "herald_events",
+            "Events consumed, by trigger and outcome.",
+            ["trigger", "outcome"],
             registry=r,
         )
         self.actions = Counter(
-            "herald_actions", "Actions run, by action and outcome.", ["action", "outcome"],
+            "herald_actions",
+            "Actions run, by action and outcome.",
+            ["action", "outcome"],
             registry=r,
         )
         self.emails = Counter(
-            "herald_emails", "Emails, by template and outcome.", ["template", "outcome"],
+            "herald_emails",
+            "Emails, by template and outcome.",
+            ["template", "outcome"],
             registry=r,
         )
         self.smtp_retries = Counter(

@@ -28,7 +28,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 def event_key(event: dict[str, Any]) -> bytes | None:
-    """The user id (`data.user.user_id`), the partitioning key that keeps a user's events in order."""
+    """The user id (`data.user.user_id`): the key that keeps one user's events in order."""
     user = (event.get("data") or {}).get("user") if isinstance(event.get("data"), dict) else None
     user_id = user.get("user_id") if isinstance(user, dict) else None
     return str(user_id).encode() if user_id is not None else None

@@ -35,10 +35,11 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def make_config(kafka: EmbeddedKafka, smtp: RecordingSMTP, tmp: Path, **sections: Any) -> Config:
+def make_config(kafka: EmbeddedKafka, server: RecordingSMTP, tmp: Path, **sections: Any) -> Config:
     """A config for one test: its own topic and group, the recording server, fast retries."""
     topic = unique("events")
     kafka.create_topic(topic, 4)
+    kafka.create_topic(topic + ".dlq", 1)
     doc: dict[str, Any] = {
         "kafka": {
             "bootstrap_servers": kafka.bootstrap,
@@ -46,8 +47,13 @@ def make_config(kafka: EmbeddedKafka, smtp: RecordingSMTP, tmp: Path, **sections
             "topics": [topic],
             "auto_offset_reset": "earliest",
         },
-        "smtp": {"host": "127.0.0.1", "port": smtp.port, "from": "Herald Test <no-reply@herald.test>",
-                 "timeout_s": 5, "pool_size": 2},
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": server.port,
+            "from": "Herald Test <no-reply@herald.test>",
+            "timeout_s": 5,
+            "pool_size": 2,
+        },
         "retry": {"attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.05},
         "dedupe": {"backend": "sqlite", "path": str(tmp / "herald.db")},
         "http": {"host": "127.0.0.1", "port": 0},

@@ -69,7 +69,9 @@ async def test_locale_variant_and_fallback(
     kafka: EmbeddedKafka, smtp: RecordingSMTP, client: Kafka, tmp_path: Path
 ) -> None:
     config = make_config(kafka, smtp, tmp_path)
-    german = load_example("post-change-password", locale="de-AT", name="Jörg Müller")
+    german = load_example(
+        "post-change-password", locale="de-AT", name="Jörg Müller", given_name="Jörg"
+    )
     unknown = load_example("post-change-password", locale="pt-BR")
     async with running(config):
         await client.send(config.kafka.topics[0], german)
@@ -89,8 +91,12 @@ async def test_when_true_and_false(
 ) -> None:
     flows = {
         "post-change-password": [
-            {"id": "verified-only", "action": "send_email", "template": "password_changed",
-             "when": "event.user.email_verified"},
+            {
+                "id": "verified-only",
+                "action": "send_email",
+                "template": "password_changed",
+                "when": "event.user.email_verified",
+            },
         ]
     }
     config = make_config(kafka, smtp, tmp_path, flows=flows)
@@ -288,10 +294,13 @@ async def test_readyz_is_503_when_smtp_is_unreachable(
     import aiohttp
 
     config = make_config(kafka, smtp, tmp_path, smtp={"port": _free_port()})
-    async with running(config) as herald, aiohttp.ClientSession() as http:
-        async with http.get(f"http://{herald.http.address}/readyz") as resp:
-            assert resp.status == 503
-            assert (await resp.json())["smtp_reachable"] is False
+    async with (
+        running(config) as herald,
+        aiohttp.ClientSession() as http,
+        http.get(f"http://{herald.http.address}/readyz") as resp,
+    ):
+        assert resp.status == 503
+        assert (await resp.json())["smtp_reachable"] is False
 
 
 def _free_port() -> int:
@@ -312,5 +321,3 @@ def _count(herald: object, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
-
-

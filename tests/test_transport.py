@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as ServerSession
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from aiosmtplib import (
     SMTPConnectError,
@@ -68,6 +69,7 @@ class Recorder:
     helo_names: list[str] = field(default_factory=list)
     tls: list[bool] = field(default_factory=list)
     authenticated: list[bool] = field(default_factory=list)
+    disconnected: set[Any] = field(default_factory=set)  # peers whose connection ended
     _mails: dict[Any, int] = field(default_factory=dict)
 
     async def handle_MAIL(
@@ -104,6 +106,30 @@ class Recorder:
         return reply
 
 
+class _CountingSession(ServerSession):
+    """aiosmtpd's SMTP protocol, telling the handler when a connection ends."""
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        if self.session is not None:
+            self.event_handler.disconnected.add(self.session.peer)
+
+
+class RecordingController(Controller):
+    """A Controller whose sessions count disconnects on their Recorder."""
+
+    def factory(self) -> ServerSession:
+        return _CountingSession(self.handler, **self.SMTP_kwargs)
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    """Wait until `condition()` holds, failing after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 @dataclass
 class Server:
     """A running aiosmtpd Controller and its handler."""
@@ -131,7 +157,7 @@ def start_server() -> Iterator[StartServer]:
         handler = handler or Recorder()
         port = port or free_port()
         smtp.setdefault("server_hostname", "mx.test")  # else aiosmtpd calls getfqdn()
-        controller = Controller(handler, hostname=HOST, port=port, **smtp)
+        controller = RecordingController(handler, hostname=HOST, port=port, **smtp)
         controller.start()
         servers.append(Server(controller, handler, port))
         return servers[-1]
@@ -219,7 +245,7 @@ async def test_server_closing_idle_connection_costs_nothing(start_server: StartS
     server = start_server(timeout=0.2)  # aiosmtpd closes sessions idle for 0.2 s
     async with make_pool(server.port) as pool:
         await send_one(pool)
-        await asyncio.sleep(0.4)
+        await eventually(lambda: server.handler.peers <= server.handler.disconnected)
         await send_one(pool)
     assert len(server.handler.messages) == 2
     assert len(server.handler.peers) == 2
@@ -338,7 +364,12 @@ async def test_connection_refused_is_server_unavailable() -> None:
 
 
 async def test_silent_server_times_out_within_timeout() -> None:
-    silent = await asyncio.start_server(lambda r, w: None, HOST, 0)  # accepts, never answers
+    writers: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+
+    silent = await asyncio.start_server(never_answer, HOST, 0)  # accepts, never answers
     port = silent.sockets[0].getsockname()[1]
     try:
         async with make_pool(port, timeout_s=0.3) as pool:
@@ -348,7 +379,10 @@ async def test_silent_server_times_out_within_timeout() -> None:
             assert time.monotonic() - started < 1.5
             assert await pool.probe() is False
     finally:
+        for writer in writers:
+            writer.close()
         silent.close()
+        await silent.wait_closed()
 
 
 async def test_slow_reply_mid_session_is_transient(server: Server) -> None:

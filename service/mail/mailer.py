@@ -113,7 +113,8 @@ class Mailer:
         except DeliveryError as exc:
             self._failed(request, "retries_exhausted")
             raise EmailFailed(
-                "SmtpRetriesExhausted", f"gave up after {self.retry.attempts} attempts: {exc.reason}"
+                "SmtpRetriesExhausted",
+                f"gave up after {self.retry.attempts} attempts: {exc.reason}",
             ) from None
 
     def _retrying(self, request: EmailRequest, attempt: int, error: DeliveryError) -> None:

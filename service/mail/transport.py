@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ Security = Literal["none", "starttls", "tls"]
 _E = TypeVar("_E", bound=BaseException)
 
 _MAX_REASON = 500
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _SERVICE_CLOSING = 421
 
 
@@ -158,7 +160,7 @@ def _check_addresses(sender: str, recipients: Sequence[str]) -> None:
     if not recipients:
         raise PermanentError("no recipients")
     for address in (sender, *recipients):
-        if any(ord(char) < 32 or ord(char) == 127 for char in address):
+        if _CONTROL_CHARS.search(address):
             # aiosmtplib would quietly send to the first address parsed out of it
             raise PermanentError(f"invalid address {address!r}: control characters")
         try:
@@ -249,7 +251,9 @@ class SmtpPool:
     async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> str:
         """Send prebuilt message bytes; return the server's reply to DATA.
 
-        Raises only `DeliveryError` subclasses.
+        Waits for a free connection slot. A failed connection is closed, never reused;
+        a reused one that the server had dropped before DATA is replaced and the email
+        sent on a fresh connection. Raises only `DeliveryError` subclasses.
         """
         _check_addresses(sender, recipients)
         async with self._slots:
