@@ -93,11 +93,17 @@ async def _serve(herald: object) -> None:
 
 async def _start(herald: object) -> None:
     """Start Herald, turning connection failures into one line."""
+    from aiokafka.errors import KafkaConnectionError
+
     from service.app import Herald
 
     assert isinstance(herald, Herald)
     try:
         await herald.start()
+    except KafkaConnectionError:
+        await herald.stop()
+        servers = herald.config.kafka.bootstrap_servers
+        raise CliError(f"cannot reach Kafka at {servers}") from None
     except Exception as exc:
         await herald.stop()
         raise CliError(f"cannot start: {_describe(exc)}") from None

@@ -15,7 +15,7 @@ from typing import Any
 
 from service.events import Event, MalformedEvent, parse_cloudevent
 from service.flows import FlowEngine, FlowResult
-from service.logs import mask_address
+from service.logs import mask_address, mask_addresses
 from service.metrics import Metrics
 from service.outputs import Outputs, Record
 
@@ -103,7 +103,7 @@ class Processor:
                 "trigger": trigger,
                 "outcome": "dead_lettered",
                 "error": error,
-                "reason": reason,
+                "reason": reason if self.show_addresses else mask_addresses(reason),
                 "dlq_topic": topic,
                 "actions": result.actions if result else [],
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),

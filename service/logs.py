@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "mask_address", "setup_logging"]
+__all__ = ["JsonFormatter", "mask_address", "mask_addresses", "setup_logging"]
 
+_ADDRESS = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
 
@@ -18,6 +20,11 @@ def mask_address(address: str) -> str:
     """`ada@example.com` → `a***@example.com`; anything else → `***`."""
     local, at, domain = address.rpartition("@")
     return f"{local[:1]}***@{domain}" if at and local else "***"
+
+
+def mask_addresses(text: str) -> str:
+    """Mask every address inside free text, such as an SMTP reply quoting the recipient."""
+    return _ADDRESS.sub(r"\1***@\2", text)
 
 
 class JsonFormatter(logging.Formatter):

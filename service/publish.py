@@ -19,6 +19,8 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     """One event per file, or a JSON array of events; a clear ValueError otherwise."""
     try:
         data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     events = data if isinstance(data, list) else [data]
