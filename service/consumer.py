@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.events import Event, MalformedEvent, parse_cloudevent
@@ -22,6 +22,9 @@ from service.outputs import Outputs, Record
 __all__ = ["Processor"]
 
 log = logging.getLogger("herald.events")
+
+#: Turns a record's value and headers into an Event, None (skip) or MalformedEvent.
+Parser = Callable[[bytes | None, Sequence[tuple[str, bytes]]], Event | None]
 
 
 class Processor:
@@ -35,7 +38,9 @@ class Processor:
         *,
         concurrency: int = 64,
         show_addresses: bool = False,
+        parse: Parser = parse_cloudevent,
     ) -> None:
+        self.parse = parse
         self.engine = engine
         self.outputs = outputs
         self.metrics = metrics
@@ -61,7 +66,7 @@ class Processor:
         """One record to its fate: done, skipped or dead-lettered."""
         started = time.perf_counter()
         try:
-            event = parse_cloudevent(record.value, record.headers)
+            event = self.parse(record.value, record.headers)
         except MalformedEvent as exc:
             await self._dead_letter(record, None, "MalformedEvent", str(exc), started)
             return
