@@ -9,6 +9,7 @@ from service.config import (
     BaseAction,
     Config,
     DenyAction,
+    PythonAction,
     RedirectAction,
     SendEmailAction,
     SetMetadataAction,
@@ -49,6 +50,10 @@ def _bind(action: BaseAction, mailer: Mailer, env: Any) -> ActionFn:
         return _deny(action)
     if isinstance(action, RedirectAction):
         return _redirect(action)
+    if isinstance(action, PythonAction):
+        from service.python_actions import python_action
+
+        return python_action(action, mailer)
     return _unsupported(action)
 
 

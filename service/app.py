@@ -10,7 +10,8 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -19,7 +20,8 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.middlewares import AckPolicy
 
 from service.actions import compile_flows
-from service.config import Config
+from service.checks import check_config
+from service.config import Config, ConfigError, load_config
 from service.consumer import Processor
 from service.dedupe import DedupeStore, open_dedupe
 from service.flows import FlowEngine
@@ -37,6 +39,9 @@ __all__ = ["Herald"]
 log = logging.getLogger("herald")
 
 _BATCH_RECORDS = 500
+#: Sections whose change takes effect only after a restart (they own connections).
+_RESTART_SECTIONS = ("kafka", "smtp", "dedupe", "http")
+_T = TypeVar("_T")
 _REDELIVERY_PAUSE_S = 1.0
 
 
@@ -65,6 +70,7 @@ class Herald:
         self.dedupe: DedupeStore | None = None
         self.producer: AIOKafkaProducer | None = None
         self.broker: KafkaBroker | None = None
+        self.processor: Processor | None = None
         self.http = HttpServer(self)
 
     async def start(self) -> None:
@@ -75,8 +81,8 @@ class Herald:
         )
         self.producer = AIOKafkaProducer(**producer_options(cfg.kafka))
         await self.producer.start()
-        processor = self._processor(self.dedupe, self.producer)
-        self.broker = self._broker(processor)
+        self.processor = self._processor(self.dedupe, self.producer)
+        self.broker = self._broker(self.processor)
         await self.http.start()
         await self.broker.start()
         log.info("herald started", extra={"topics": cfg.kafka.topics, "http": self.http.address})
@@ -101,8 +107,33 @@ class Herald:
         }
         return all(checks.values()), checks
 
-    def _processor(self, dedupe: DedupeStore, producer: AIOKafkaProducer) -> Processor:
-        cfg = self.config
+    def reload(self, path: Path) -> bool:
+        """SIGHUP: validate the new config and templates, then swap the flow engine.
+        Events in flight finish on the engine they started with; an invalid config is
+        logged with its problems and the running one kept."""
+        try:
+            cfg = load_config(path)
+            problems = check_config(cfg)
+            if problems:
+                raise ConfigError(problems)
+            engine = self._engine(cfg, self._require(self.dedupe))
+        except (ConfigError, ImportError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("reload rejected, keeping the running config", extra={"problems": problems})
+            return False
+        restart = [s for s in _RESTART_SECTIONS if getattr(cfg, s) != getattr(self.config, s)]
+        self._require(self.processor).engine = engine
+        self.config = cfg
+        log.info("config reloaded", extra={"restart_required_for": restart})
+        return True
+
+    @staticmethod
+    def _require(resource: _T | None) -> _T:
+        if resource is None:
+            raise RuntimeError("Herald is not started")
+        return resource
+
+    def _engine(self, cfg: Config, dedupe: DedupeStore) -> FlowEngine:
         mailer = Mailer(
             renderer=Renderer(cfg.templates_dir, cfg.default_locale),
             transport=self.smtp,
@@ -113,8 +144,17 @@ class Herald:
             default_sender=cfg.smtp.from_,
             metrics=self.metrics,
         )
-        engine = FlowEngine(cfg, compile_flows(cfg, mailer), self.metrics)
-        outputs = Outputs(producer, dlq_suffix=cfg.kafka.dlq_suffix)
+        return FlowEngine(cfg, compile_flows(cfg, mailer), self.metrics)
+
+    def _processor(self, dedupe: DedupeStore, producer: AIOKafkaProducer) -> Processor:
+        cfg = self.config
+        engine = self._engine(cfg, dedupe)
+        outputs = Outputs(
+            producer,
+            dlq_suffix=cfg.kafka.dlq_suffix,
+            commands_topic=cfg.kafka.commands_topic,
+            decisions_topic=cfg.kafka.decisions_topic,
+        )
         return Processor(
             engine,
             outputs,

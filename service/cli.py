@@ -71,12 +71,23 @@ def _run(args: argparse.Namespace) -> None:
     from service.app import Herald
     from service.logs import setup_logging
 
-    config = _load(args)
-    setup_logging(config.log.level)
-    asyncio.run(_serve(Herald(config)))
+    path = resolve_config_path(args.config, os.environ)
+    config = load_config(path)
+    _fail_on_problems(config)
+    setup_logging(config.log.level, config.log.show_addresses)
+    asyncio.run(_serve(Herald(config), path))
 
 
-async def _serve(herald: object) -> None:
+def _fail_on_problems(config: Config) -> None:
+    """Startup runs the same validation as `herald check`."""
+    from service.checks import check_config
+
+    problems = check_config(config)
+    if problems:
+        raise ConfigError(problems)
+
+
+async def _serve(herald: object, path: Path) -> None:
     from service.app import Herald
 
     assert isinstance(herald, Herald)
@@ -84,6 +95,7 @@ async def _serve(herald: object) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, herald.reload, path)
     await _start(herald)
     try:
         await stop.wait()

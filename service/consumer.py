@@ -23,6 +23,9 @@ __all__ = ["Processor"]
 
 log = logging.getLogger("herald.events")
 
+PRE_REGISTRATION = "pre-user-registration"
+_OUTPUT_HEADERS = frozenset({"reply_to", "correlation_id"})
+
 #: Turns a record's value and headers into an Event, None (skip) or MalformedEvent.
 Parser = Callable[[bytes | None, Sequence[tuple[str, bytes]]], Event | None]
 
@@ -80,11 +83,35 @@ class Processor:
             log.error("flow crashed", exc_info=exc, extra={"event_id": event.id})
             await self._dead_letter(record, event, "InternalError", str(exc), started)
             return
-        if result.failure is not None:
+        if result.failure is not None and not event.trigger.synchronous:
             failure = result.failure
             await self._dead_letter(record, event, failure.error, failure.reason, started, result)
             return
-        self._finished(event, "ok", started, result)
+        await self._publish(event, result, _headers(record.headers))
+        self._finished(event, "failed_closed" if result.failure else "ok", started, result)
+
+    async def decide(self, event: Event) -> dict[str, Any]:
+        """Run a synchronous flow for the decision webhook; returns the decision body."""
+        started = time.perf_counter()
+        result = await self.engine.run(event)
+        await self._publish(event, result, {}, decision=False)
+        self._finished(event, "failed_closed" if result.failure else "ok", started, result)
+        return result.decision_body(event)
+
+    async def _publish(
+        self, event: Event, result: FlowResult, headers: dict[str, bytes], decision: bool = True
+    ) -> None:
+        """Emit the flow's outputs once, when it has ended: metadata, then the decision."""
+        trigger = event.trigger
+        if trigger.name != PRE_REGISTRATION and (result.user_metadata or result.app_metadata):
+            await self.outputs.metadata_command(
+                event.id, event.user_id, result.user_metadata, result.app_metadata
+            )
+        reply_to = headers.get("reply_to", b"").decode(errors="replace") or None
+        if decision and trigger.synchronous and (trigger.name == PRE_REGISTRATION or reply_to):
+            await self.outputs.decision(
+                result.decision_body(event), event.user_id, reply_to, headers.get("correlation_id")
+            )
 
     async def _dead_letter(
         self,
@@ -136,6 +163,10 @@ class Processor:
 
     def _address(self, address: str) -> str:
         return address if self.show_addresses else mask_address(address)
+
+
+def _headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
+    return {name: value for name, value in headers if name in _OUTPUT_HEADERS}
 
 
 def _where(record: Record) -> dict[str, Any]:

@@ -23,9 +23,22 @@ __all__ = [
     "RunContext",
     "event_view",
     "expression_env",
+    "redact",
 ]
 
 log = logging.getLogger(__name__)
+
+
+FAILED_USER_MESSAGE = "Something went wrong. Please try again later."
+_REDACTED = "***"
+
+
+def redact(text: str, secrets: Mapping[str, str]) -> str:
+    """Remove every secret value from `text` (reasons, log lines, dead letters)."""
+    for value in secrets.values():
+        if value and len(value) >= 4:
+            text = text.replace(value, _REDACTED)
+    return text
 
 
 class ActionFailed(Exception):
@@ -53,6 +66,26 @@ class FlowResult:
     @property
     def stopped(self) -> bool:
         return self.decision == "deny" or self.failure is not None
+
+    def fail_closed(self) -> None:
+        """Turn a failed synchronous flow into a denial, as Auth0 does."""
+        self.decision = "deny"
+        self.reason = "action_failed"
+        self.user_message = FAILED_USER_MESSAGE
+        self.redirect = None
+
+    def decision_body(self, event: Event) -> dict[str, Any]:
+        """The decision JSON of SPEC §6."""
+        return {
+            "event_id": event.id,
+            "trigger": event.trigger.name,
+            "decision": self.decision,
+            "reason": self.reason,
+            "user_message": self.user_message,
+            "user_metadata": self.user_metadata,
+            "app_metadata": self.app_metadata,
+            "redirect": self.redirect,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +139,11 @@ class FlowEngine:
         self.metrics = metrics
 
     async def run(self, event: Event) -> FlowResult:
-        """Run every enabled action whose `when` holds, in order, until one stops the flow."""
+        """Run every enabled action whose `when` holds, in order, until one stops the flow.
+
+        A failure on a synchronous trigger becomes `deny` / `action_failed` (fail closed,
+        as Auth0 does); on an asynchronous one it stays in `failure` for the dead letter.
+        """
         result = FlowResult()
         ctx = RunContext(event, event_view(event, self.secrets), self.secrets, result)
         for action in self.flows.get(event.trigger.name, []):
@@ -115,6 +152,10 @@ class FlowEngine:
             self.metrics.actions.labels(action.config.action, outcome).inc()
             if result.stopped:
                 break
+        if result.failure is not None:
+            result.failure.reason = redact(result.failure.reason, self.secrets)
+            if event.trigger.synchronous:
+                result.fail_closed()
         return result
 
     async def _run_one(self, action: CompiledAction, ctx: RunContext) -> str:
@@ -132,9 +173,20 @@ class FlowEngine:
             ctx.result.failure = ActionFailed(
                 "ActionTimeout", f"action {cfg.id!r} ran past its timeout of {cfg.timeout_s}s"
             )
-        except Exception as exc:  # an action's own bug: contained, dead-lettered, counted
-            log.warning("action raised", exc_info=exc, extra={"action": cfg.id})
+        except Exception as exc:  # an action's own bug: contained, counted, never a crash
             ctx.result.failure = ActionFailed(type(exc).__name__, f"action {cfg.id!r}: {exc}")
+        log.warning(
+            "action failed",
+            extra={
+                "event_id": ctx.event.id,
+                "trigger": ctx.event.trigger.name,
+                "action": cfg.id,
+                "error": ctx.result.failure.error if ctx.result.failure else None,
+                "reason": redact(ctx.result.failure.reason, self.secrets)
+                if ctx.result.failure
+                else None,
+            },
+        )
         return "failed"
 
 

@@ -28,7 +28,11 @@ def mask_addresses(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """Render a record and its `extra=` fields as one JSON line."""
+    """Render a record and its `extra=` fields as one JSON line; mask addresses."""
+
+    def __init__(self, mask: bool = True) -> None:
+        super().__init__()
+        self.mask = mask
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -44,13 +48,15 @@ class JsonFormatter(logging.Formatter):
             # One line with the error class and text; tracebacks stay out of the log stream.
             exc = record.exc_info[1]
             entry["error"] = f"{type(exc).__name__}: {exc}"
+        if self.mask:
+            entry = {k: mask_addresses(v) if isinstance(v, str) else v for k, v in entry.items()}
         return orjson.dumps(entry, default=str).decode()
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", show_addresses: bool = False) -> None:
     """Send every logger to stderr as JSON lines at `level`; quiet chatty libraries."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(mask=not show_addresses))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

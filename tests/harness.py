@@ -37,15 +37,18 @@ def unique(prefix: str) -> str:
 
 def make_config(kafka: EmbeddedKafka, server: RecordingSMTP, tmp: Path, **sections: Any) -> Config:
     """A config for one test: its own topic and group, the recording server, fast retries."""
-    topic = unique("events")
+    topic, commands, decisions = unique("events"), unique("commands"), unique("decisions")
     kafka.create_topic(topic, 4)
-    kafka.create_topic(topic + ".dlq", 1)
+    for output in (topic + ".dlq", commands, decisions):
+        kafka.create_topic(output, 1)
     doc: dict[str, Any] = {
         "kafka": {
             "bootstrap_servers": kafka.bootstrap,
             "group_id": unique("herald"),
             "topics": [topic],
             "auto_offset_reset": "earliest",
+            "commands_topic": commands,
+            "decisions_topic": decisions,
         },
         "smtp": {
             "host": "127.0.0.1",

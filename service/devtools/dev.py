@@ -41,7 +41,7 @@ def dev_config(config: Config, *, bootstrap: str, smtp_port: int) -> Config:
 
 async def run_dev(config: Config, *, outbox: Path, demo: bool) -> None:
     """Run until Ctrl-C; print one line per captured email and a tally at the end."""
-    setup_logging(config.log.level)
+    setup_logging(config.log.level, config.log.show_addresses)
     tally: Counter[str] = Counter()
 
     def captured(msg: CapturedMessage) -> None:

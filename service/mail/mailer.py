@@ -41,7 +41,7 @@ class EmailRequest:
     event_id: str
     action_id: str
     template: str
-    to: str
+    to: str | None
     to_name: str
     locale: str | None
     context: Mapping[str, Any]
