@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean
+.PHONY: run test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+docs: $(STAMP)  ## regenerate docs/asyncapi.json from config/herald.yaml
+	env -u HERALD_CONFIG $$(env | sed -n 's/^\(HERALD_[A-Z_]*\)=.*/-u \1/p') \
+		$(BIN)/herald --config config/herald.yaml asyncapi --output docs/asyncapi.json
+
+bench: $(STAMP)  ## Herald vs the peer, end to end; results into BENCHMARKS.md (BENCH_ARGS=...)
+	$(BIN)/python -m bench.mime --write
+	$(BIN)/python -m bench.run --write $(BENCH_ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check service tests
+	$(BIN)/ruff check service tests bench
 	$(BIN)/mypy service
 
 clean:

@@ -16,6 +16,7 @@ from service.config import (
 )
 from service.flows import ActionFailed, ActionFn, CompiledAction, RunContext, expression_env
 from service.mail.mailer import EmailFailed, EmailRequest, Mailer
+from service.mail.render import template_context
 
 __all__ = ["compile_flows", "merge_metadata"]
 
@@ -60,7 +61,7 @@ def _bind(action: BaseAction, mailer: Mailer, env: Any) -> ActionFn:
 def _send_email(action: SendEmailAction, mailer: Mailer, to: Any) -> ActionFn:
     async def run(ctx: RunContext) -> str:
         user = ctx.view.get("user") or {}
-        context = {"event": ctx.view, "user": user, "secrets": ctx.secrets, "data": {}}
+        context = template_context(ctx.view, ctx.secrets)
         request = EmailRequest(
             event_id=ctx.event.id,
             action_id=action.id,

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -15,16 +14,26 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker, Topic
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.middlewares import AckPolicy
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from service.actions import compile_flows
+from service.batches import BatchRunner
 from service.checks import check_config
-from service.config import Config, ConfigError, load_config
+from service.config import Config, ConfigError, KafkaConfig, load_config
 from service.consumer import Processor
 from service.dedupe import DedupeStore, open_dedupe
 from service.flows import FlowEngine
+from service.formats import parser_for
 from service.http import HttpServer
 from service.kafka import producer_options, security
 from service.mail.mailer import Mailer
@@ -32,17 +41,20 @@ from service.mail.render import Renderer
 from service.mail.transport import SmtpPool
 from service.metrics import Metrics
 from service.outputs import Outputs
+from service.ratelimit import RateLimiter, open_rate_limiter
 from service.retry import RetryPolicy
 
-__all__ = ["Herald"]
+__all__ = ["Herald", "declare_subscriber", "new_broker"]
 
 log = logging.getLogger("herald")
 
 _BATCH_RECORDS = 500
 #: Sections whose change takes effect only after a restart (they own connections).
-_RESTART_SECTIONS = ("kafka", "smtp", "dedupe", "http")
+_RESTART_SECTIONS = ("kafka", "smtp", "dedupe", "rate_limit", "http")
 _T = TypeVar("_T")
-_REDELIVERY_PAUSE_S = 1.0
+#: How long SIGTERM waits for the batch in flight to finish and commit.
+GRACEFUL_TIMEOUT_S = 30.0
+_START_ATTEMPTS = 6
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -68,9 +80,11 @@ class Herald:
         self.assignment = _Assignment()
         self.smtp = _smtp_pool(config)
         self.dedupe: DedupeStore | None = None
+        self.rate_limiter: RateLimiter | None = None
         self.producer: AIOKafkaProducer | None = None
         self.broker: KafkaBroker | None = None
         self.processor: Processor | None = None
+        self.runner: BatchRunner | None = None
         self.http = HttpServer(self)
 
     async def start(self) -> None:
@@ -79,25 +93,60 @@ class Herald:
         self.dedupe = open_dedupe(
             cfg.dedupe.backend, path=cfg.dedupe.path, url=cfg.dedupe.url, ttl_s=cfg.dedupe.ttl_s
         )
+        await self.dedupe.open()  # a wrong dedupe.url fails here, before Kafka
+        self.rate_limiter = open_rate_limiter(
+            cfg.dedupe.backend,
+            path=cfg.dedupe.path,
+            url=cfg.dedupe.url,
+            per_recipient=cfg.rate_limit.per_recipient,
+            window_s=cfg.rate_limit.window_s,
+        )
         self.producer = AIOKafkaProducer(**producer_options(cfg.kafka))
         await self.producer.start()
         self.processor = self._processor(self.dedupe, self.producer)
-        self.broker = self._broker(self.processor)
         await self.http.start()
-        await self.broker.start()
+        await self._start_consumer(self.processor)
         log.info("herald started", extra={"topics": cfg.kafka.topics, "http": self.http.address})
 
     async def stop(self) -> None:
         """Stop consuming (in-flight batches finish and commit), then close in reverse."""
+        if self.runner is not None:
+            self.runner.stopping.set()  # an outage wait ends now; the batch is redelivered
         if self.broker is not None:
             await self.broker.stop()
         await self.http.stop()
         if self.producer is not None:
             await self.producer.stop()
         await self.smtp.close()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.close()
         if self.dedupe is not None:
             await self.dedupe.close()
         log.info("herald stopped")
+
+    async def _start_consumer(self, processor: Processor) -> None:
+        """Join the group; a refused join (a broker may refuse one) is retried with backoff."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(_START_ATTEMPTS),
+            wait=wait_random_exponential(multiplier=0.5, max=8),
+            retry=retry_if_exception_type(KafkaError),
+            reraise=True,
+            before_sleep=lambda state: log.warning(
+                "consumer start failed, retrying",
+                extra={
+                    "attempt": state.attempt_number,
+                    "error": repr(state.outcome.exception()) if state.outcome else None,
+                },
+            ),
+        ):
+            with attempt:
+                self.broker = self._broker(processor)
+                try:
+                    await self.broker.start()
+                except BaseException:
+                    await self.broker.stop()
+                    self.broker = None
+                    raise
 
     async def ready(self) -> tuple[bool, dict[str, bool]]:
         """Readiness: partitions assigned and the SMTP server reachable."""
@@ -143,6 +192,7 @@ class Herald:
             ),
             default_sender=cfg.smtp.from_,
             metrics=self.metrics,
+            rate_limiter=self.rate_limiter,
         )
         return FlowEngine(cfg, compile_flows(cfg, mailer), self.metrics)
 
@@ -161,48 +211,56 @@ class Herald:
             self.metrics,
             concurrency=max(8, cfg.smtp.pool_size * 4),
             show_addresses=cfg.log.show_addresses,
+            parse=parser_for(cfg.kafka.format),
         )
 
     def _broker(self, processor: Processor) -> KafkaBroker:
-        cfg = self.config.kafka
-        broker = KafkaBroker(
-            cfg.bootstrap_servers.split(","),
-            security=security(cfg),
-            client_id="herald",
-            logger=logging.getLogger("faststream"),
-            log_level=logging.DEBUG,  # per-message lines; Herald logs each outcome itself
-        )
-        subscriber = broker.subscriber(
-            *(Topic(name, declare=False) for name in cfg.topics),
-            group_id=cfg.group_id,
-            auto_offset_reset=cfg.auto_offset_reset,
-            batch=True,
-            max_records=_BATCH_RECORDS,
-            ack_policy=AckPolicy.MANUAL,
-            listener=self.assignment,
-            parser=_keep_raw_headers,
-            decoder=_no_decode,
+        broker = new_broker(self.config.kafka)
+        subscriber = declare_subscriber(broker, self.config.kafka, self.assignment)
+
+        runner = self.runner = BatchRunner(
+            processor,
+            self.smtp.probe,
+            self.metrics,
+            initial_backoff_s=self.config.retry.initial_backoff_s,
+            max_backoff_s=self.config.retry.max_backoff_s,
         )
 
         @subscriber
         async def handle(_: Any, message: KafkaMessage) -> None:
-            await _process_and_commit(processor, message)
+            await runner.handle(message)
 
         return broker
 
 
-async def _process_and_commit(processor: Processor, message: Any) -> None:
-    """Commit only after every record of the batch finished or was dead-lettered."""
-    try:
-        await processor.process_batch(message.raw_message)
-    except Exception as exc:
-        # An output could not be written (Kafka unreachable): rewind so the batch is
-        # consumed again; the dedupe store keeps already-sent emails from repeating.
-        log.error("batch failed, will be redelivered", exc_info=exc)
-        await message.nack()
-        await asyncio.sleep(_REDELIVERY_PAUSE_S)
-        return
-    await message.ack()
+def new_broker(cfg: KafkaConfig) -> KafkaBroker:
+    """The FastStream broker for `kafka:` (also used to generate the AsyncAPI document)."""
+    return KafkaBroker(
+        cfg.bootstrap_servers.split(","),
+        security=security(cfg),
+        client_id="herald",
+        logger=logging.getLogger("faststream"),
+        log_level=logging.DEBUG,  # per-message lines; Herald logs each outcome itself
+        graceful_timeout=GRACEFUL_TIMEOUT_S,
+    )
+
+
+def declare_subscriber(
+    broker: KafkaBroker, cfg: KafkaConfig, listener: ConsumerRebalanceListener | None = None
+) -> BatchSubscriber:
+    """Herald's one subscriber: every input topic, batches, commits only by hand."""
+    return broker.subscriber(
+        *(Topic(name, declare=False) for name in cfg.topics),
+        group_id=cfg.group_id,
+        auto_offset_reset=cfg.auto_offset_reset,
+        batch=True,
+        max_records=_BATCH_RECORDS,
+        ack_policy=AckPolicy.MANUAL,
+        listener=listener,
+        parser=_keep_raw_headers,
+        decoder=_no_decode,
+        description=f"Identity events ({cfg.format}); each trigger runs its flow.",
+    )
 
 
 async def _keep_raw_headers(records: tuple[ConsumerRecord, ...], original: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -56,11 +57,45 @@ def _parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=_dev)
     check = commands.add_parser("check", help="validate config and templates, connect to nothing")
     check.set_defaults(func=_check)
+    preview = commands.add_parser("preview", help="web page: every template rendered, live")
+    preview.add_argument("--port", type=int, default=8025, help="port (default: 8025)")
+    preview.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    preview.add_argument("--events", default="examples/events", help="sample events directory")
+    preview.set_defaults(func=_preview)
     publish = commands.add_parser("publish", help="produce events from JSON files to Kafka")
     publish.add_argument("files", nargs="+", metavar="FILE")
     publish.add_argument("--topic", help="topic (default: the first of kafka.topics)")
     publish.set_defaults(func=_publish)
+    _add_operator_commands(commands)
     return parser
+
+
+def _add_operator_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`render`, `dlq replay` and `asyncapi`."""
+    render = commands.add_parser("render", help="print the MIME message a template makes")
+    render.add_argument("template", metavar="TEMPLATE")
+    render.add_argument("--event", required=True, metavar="FILE", help="event JSON file")
+    render.add_argument("--locale", help="locale (default: the event's data.user.locale)")
+    render.set_defaults(func=_render)
+    dlq = commands.add_parser("dlq", help="dead-letter tools")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
+    replay = dlq_commands.add_parser("replay", help="re-publish dead letters to their topic")
+    replay.add_argument(
+        "--topic", help="input topic whose DLQ to replay (default: the first of kafka.topics)"
+    )
+    replay.add_argument("--limit", type=_positive, metavar="N", help="stop after N")
+    replay.add_argument("--dry-run", action="store_true", help="list, produce nothing")
+    replay.set_defaults(func=_dlq_replay)
+    asyncapi = commands.add_parser("asyncapi", help="print the AsyncAPI document (JSON)")
+    asyncapi.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+    asyncapi.set_defaults(func=_asyncapi)
+
+
+def _positive(value: str) -> int:
+    number = int(value) if value.isdigit() else 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -145,13 +180,83 @@ def _check(args: argparse.Namespace) -> None:
     print(f"{resolve_config_path(args.config, os.environ)}: ok")
 
 
+def _preview(args: argparse.Namespace) -> None:
+    from service.preview import serve_preview
+
+    config = _load(args)
+    events = Path(args.events)
+    try:
+        asyncio.run(serve_preview(config, host=args.host, port=args.port, events_dir=events))
+    except OSError as exc:  # the port is taken, or the address is not ours
+        reason = os.strerror(exc.errno).lower() if exc.errno else _describe(exc)
+        raise CliError(f"cannot serve the preview on {args.host}:{args.port}: {reason}") from None
+
+
 def _publish(args: argparse.Namespace) -> None:
     from service.publish import publish_files
 
     config = _load(args)
     topic = args.topic or config.kafka.topics[0]
+    _quiet_kafka_client()
     try:
         count = asyncio.run(publish_files(config.kafka, topic, [Path(f) for f in args.files]))
     except (OSError, ValueError) as exc:
         raise CliError(_describe(exc)) from None
     print(f"published {count} event(s) to {topic}")
+
+
+def _render(args: argparse.Namespace) -> None:
+    from service.render_event import RenderError, render_event
+
+    config = _load(args)
+    try:
+        data = render_event(config, args.template, Path(args.event), args.locale)
+    except RenderError as exc:
+        raise CliError(str(exc)) from None
+    # The wire form, CRLF line ends turned into the terminal's.
+    sys.stdout.write(data.decode("utf-8", errors="replace").replace("\r\n", "\n"))
+
+
+def _quiet_kafka_client() -> None:
+    """aiokafka logs connection failures itself; the command reports them in one line."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
+def _dlq_replay(args: argparse.Namespace) -> None:
+    from service.dlq import dlq_topic_for, replay
+
+    config = _load(args)
+    _quiet_kafka_client()
+    topic = dlq_topic_for(config.kafka, args.topic)
+    try:
+        result = asyncio.run(
+            replay(
+                config.kafka,
+                topic,
+                limit=args.limit,
+                dry_run=args.dry_run,
+                emit=lambda line: print(line, flush=True),
+                show_addresses=config.log.show_addresses,
+            )
+        )
+    except (ConnectionError, LookupError) as exc:
+        raise CliError(_describe(exc)) from None
+    skipped = f", {result.skipped} skipped (no original topic)" if result.skipped else ""
+    if args.dry_run:
+        print(f"dry run: would replay {result.replayed} dead letter(s) from {topic}{skipped}")
+    else:
+        print(f"replayed {result.replayed} dead letter(s) from {topic}{skipped}")
+
+
+def _asyncapi(args: argparse.Namespace) -> None:
+    from service.asyncapi import render_document
+
+    text = render_document(_load(args))
+    if not args.output:
+        sys.stdout.write(text)
+        return
+    try:
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{args.output}: cannot write: {exc.strerror}") from None
+    print(f"wrote {args.output}")

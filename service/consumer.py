@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.events import Event, MalformedEvent, parse_cloudevent
-from service.flows import FlowEngine, FlowResult
+from service.flows import ConsumptionPaused, FlowEngine, FlowResult
 from service.logs import mask_address, mask_addresses
 from service.metrics import Metrics
 from service.outputs import Outputs, Record
@@ -56,9 +56,16 @@ class Processor:
         for record in records:
             lane = record.key if record.key is not None else (record.topic, record.partition)
             lanes[lane].append(record)
-        async with asyncio.TaskGroup() as group:
-            for same_key in lanes.values():
-                group.create_task(self._process_lane(same_key))
+        # Siblings are not cancelled when one lane fails: a send cancelled after the SMTP
+        # server accepted it but before the dedupe record would be sent again later.
+        outcomes = await asyncio.gather(
+            *(self._process_lane(same_key) for same_key in lanes.values()),
+            return_exceptions=True,
+        )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        paused = [e for e in errors if isinstance(e, ConsumptionPaused)]
+        if paused or errors:
+            raise (paused or errors)[0]
 
     async def _process_lane(self, records: list[Record]) -> None:
         async with self._slots:
@@ -79,6 +86,8 @@ class Processor:
             return
         try:
             result = await self.engine.run(event)
+        except ConsumptionPaused:
+            raise
         except Exception as exc:  # a bug in Herald itself: contain it to this event
             log.error("flow crashed", exc_info=exc, extra={"event_id": event.id})
             await self._dead_letter(record, event, "InternalError", str(exc), started)

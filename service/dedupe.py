@@ -1,20 +1,77 @@
 """Dedupe stores: "this email was sent" records keyed by (event id, action id, recipient).
 
-Claim-then-send: `claim` reserves a key for this process (False if the email was
-already sent or another task holds it), `record` makes "sent" durable after the SMTP
-server accepted the message, `release` gives the key back when the send failed so a
-replayed dead letter can still be delivered.
+Claim-then-send, as arq's idempotent `enqueue_job(_job_id=…)`: `claim` reserves a key
+(False if the email was already sent or anyone holds a claim on it), `record` makes
+"sent" durable for `ttl_s` after the SMTP server accepted the message, `release` gives
+an unsent key back so a redelivered or replayed event can still be delivered.
+
+A claim is a *lease* of `claim_ttl_s` (default 5 min): if its holder dies or hangs
+between claim and record, the key becomes claimable again and another task or instance
+sends the email. Backends:
+
+- `memory` — one process, forgets on exit (`herald dev`, tests).
+- `sqlite` — one host; claims live in the process, "sent" records in a WAL file. A
+  record is committed before `record` returns, so it survives a process kill
+  (`synchronous=NORMAL`: only an OS crash can lose the last few).
+- `redis` — shared by every instance: `SET NX PX` claims, `SET EX` records, a Lua
+  compare-and-delete release. Keys are `herald:sent:<sha256 of the key>`, so no address
+  is stored in clear.
+
+`open()` is the startup check (a wrong Redis URL fails there with one line); any later
+backend failure raises `DedupeUnavailable`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
+import os
+import socket
 import sqlite3
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
+from urllib.parse import urlsplit
 
-__all__ = ["DedupeStore", "MemoryDedupe", "SqliteDedupe", "dedupe_key", "open_dedupe"]
+from redis.asyncio import Redis, from_url
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+__all__ = [
+    "CLAIM_TTL_S",
+    "DedupeStore",
+    "DedupeUnavailable",
+    "MemoryDedupe",
+    "RedisDedupe",
+    "SqliteDedupe",
+    "dedupe_key",
+    "open_dedupe",
+    "redis_call",
+    "redis_client",
+    "safe_url",
+]
+
+#: How long a claim holds without a record: longer than one email's send with retries.
+CLAIM_TTL_S = 300.0
+_PURGE_EVERY_S = 3600.0
+_T = TypeVar("_T")
+_REDIS_TIMEOUT_S = 5.0
+# Compare-and-delete: a claim that expired and was taken over is someone else's now.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class DedupeUnavailable(ConnectionError):
+    """The dedupe backend cannot be reached; the message is one line, without secrets."""
 
 
 def dedupe_key(event_id: str, action_id: str, recipient: str) -> str:
@@ -25,87 +82,226 @@ def dedupe_key(event_id: str, action_id: str, recipient: str) -> str:
 class DedupeStore(Protocol):
     """Where sent emails are remembered for `ttl_s` seconds."""
 
-    async def claim(self, key: str) -> bool: ...
+    async def open(self) -> None:
+        """Check the backend is usable; raise DedupeUnavailable with one line if not."""
 
-    async def record(self, key: str) -> None: ...
+    async def claim(self, key: str) -> bool:
+        """Reserve `key`; False if it was sent or is claimed by anyone."""
 
-    async def release(self, key: str) -> None: ...
+    async def record(self, key: str) -> None:
+        """Remember `key` as sent for `ttl_s`, durably, and drop our claim."""
 
-    async def close(self) -> None: ...
+    async def release(self, key: str) -> None:
+        """Drop our claim on an unsent `key`; never removes a sent record."""
+
+    async def close(self) -> None:
+        """Free the backend's resources."""
+
+
+class _Leases:
+    """In-process claims that expire, like Redis' `PX` claims."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._until: dict[str, float] = {}
+
+    def take(self, key: str) -> bool:
+        now = time.monotonic()
+        if self._until.get(key, 0.0) > now:
+            return False
+        self._until[key] = now + self.ttl_s
+        return True
+
+    def drop(self, key: str) -> None:
+        self._until.pop(key, None)
 
 
 class MemoryDedupe:
     """Process-local store: for tests and `herald dev`; forgets everything on exit."""
 
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, *, claim_ttl_s: float = CLAIM_TTL_S) -> None:
         self.ttl_s = ttl_s
         self._sent: dict[str, float] = {}
-        self._claimed: set[str] = set()
+        self._claims = _Leases(claim_ttl_s)
+        self._purged = time.monotonic()
+
+    async def open(self) -> None:
+        """Nothing to check."""
 
     async def claim(self, key: str) -> bool:
-        expires = self._sent.get(key)
-        if (expires is not None and expires > time.time()) or key in self._claimed:
+        """Reserve `key`; False if it was sent or is claimed."""
+        if self._sent.get(key, 0.0) > time.time():
             return False
-        self._claimed.add(key)
-        return True
+        return self._claims.take(key)
 
     async def record(self, key: str) -> None:
-        self._claimed.discard(key)
+        """Remember `key` as sent."""
         self._sent[key] = time.time() + self.ttl_s
+        self._claims.drop(key)
+        if time.monotonic() - self._purged > _PURGE_EVERY_S:
+            now, self._purged = time.time(), time.monotonic()
+            self._sent = {k: t for k, t in self._sent.items() if t > now}
 
     async def release(self, key: str) -> None:
-        self._claimed.discard(key)
+        """Drop the claim on `key`."""
+        self._claims.drop(key)
 
     async def close(self) -> None:
+        """Forget everything."""
         self._sent.clear()
 
 
 class SqliteDedupe:
     """A local SQLite file in WAL mode: a committed record survives a process kill."""
 
-    def __init__(self, path: Path, ttl_s: float) -> None:
+    def __init__(self, path: Path, ttl_s: float, *, claim_ttl_s: float = CLAIM_TTL_S) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.ttl_s = ttl_s
+        # Each statement is its own transaction (autocommit): `record` returns only after
+        # its INSERT is committed. Calls are a few microseconds, so they run inline.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL: no fsync per commit; a commit is in the WAL before `record` returns, so
         # only an OS crash (not a process crash) can lose the latest records.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")  # another process on the same file
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS sent (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)"
         )
-        self._db.execute("DELETE FROM sent WHERE expires_at < ?", (time.time(),))
-        self._claimed: set[str] = set()
+        self._claims = _Leases(claim_ttl_s)
+        self._purge()
+
+    async def open(self) -> None:
+        """The file was opened (and created) by the constructor."""
 
     async def claim(self, key: str) -> bool:
-        if key in self._claimed:
-            return False
+        """Reserve `key`; False if it was sent or is claimed in this process."""
         row = self._db.execute(
             "SELECT 1 FROM sent WHERE key = ? AND expires_at > ?", (key, time.time())
         ).fetchone()
-        if row is not None:
-            return False
-        self._claimed.add(key)
-        return True
+        return row is None and self._claims.take(key)
 
     async def record(self, key: str) -> None:
+        """Commit `key` as sent before returning."""
         self._db.execute(
             "INSERT OR REPLACE INTO sent (key, expires_at) VALUES (?, ?)",
             (key, time.time() + self.ttl_s),
         )
-        self._claimed.discard(key)
+        self._claims.drop(key)
+        if time.monotonic() - self._purged > _PURGE_EVERY_S:
+            self._purge()
 
     async def release(self, key: str) -> None:
-        self._claimed.discard(key)
+        """Drop the claim on `key`."""
+        self._claims.drop(key)
 
     async def close(self) -> None:
+        """Close the file."""
         await asyncio.to_thread(self._db.close)
+
+    def _purge(self) -> None:
+        self._db.execute("DELETE FROM sent WHERE expires_at < ?", (time.time(),))
+        self._purged = time.monotonic()
+
+
+class RedisDedupe:
+    """Redis, shared by every instance: the once-only guarantee holds across them."""
+
+    def __init__(
+        self,
+        url: str,
+        ttl_s: float,
+        *,
+        claim_ttl_s: float = CLAIM_TTL_S,
+        prefix: str = "herald:sent:",
+    ) -> None:
+        self.url = url
+        self.ttl_s = int(max(1, ttl_s))
+        self.claim_ttl_ms = int(max(1, claim_ttl_s * 1000))
+        self.prefix = prefix
+        #: Written into claims, so an operator can see who holds one.
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.client = redis_client(url)
+        self._release = self.client.register_script(_RELEASE_LUA)
+        self._tokens: dict[str, str] = {}
+        self._serial = itertools.count()
+
+    async def open(self) -> None:
+        """PING the server: a wrong URL or a server that is down fails here."""
+        await self._call("connect to", self.client.ping())
+
+    async def claim(self, key: str) -> bool:
+        """`SET key claimed:<instance> NX PX claim_ttl`: False if the key exists."""
+        token = f"claimed:{self.instance_id}:{next(self._serial)}"
+        won = await self._call(
+            "claim in", self.client.set(self._key(key), token, nx=True, px=self.claim_ttl_ms)
+        )
+        if won:
+            self._tokens[key] = token
+        return bool(won)
+
+    async def record(self, key: str) -> None:
+        """`SET key sent EX ttl_s`, whoever holds the claim."""
+        await self._call("record in", self.client.set(self._key(key), "sent", ex=self.ttl_s))
+        self._tokens.pop(key, None)
+
+    async def release(self, key: str) -> None:
+        """Delete the key only while it still holds our claim."""
+        token = self._tokens.pop(key, None)
+        if token is not None:
+            await self._call("release in", self._release(keys=[self._key(key)], args=[token]))
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    def _key(self, key: str) -> str:
+        return self.prefix + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+    async def _call(self, what: str, pending: Awaitable[_T]) -> _T:
+        return await redis_call(pending, f"cannot {what} the redis dedupe store", self.url)
+
+
+def redis_client(url: str) -> Redis:
+    """A `redis.asyncio` client for `url`, connecting lazily, with short timeouts."""
+    try:
+        return from_url(
+            url,
+            socket_timeout=_REDIS_TIMEOUT_S,
+            socket_connect_timeout=_REDIS_TIMEOUT_S,
+            # A blip (failover, restart) is retried briefly before it fails the email.
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise DedupeUnavailable(f"invalid redis url {safe_url(url)}: {exc}") from None
+
+
+async def redis_call(pending: Awaitable[_T], what: str, url: str) -> _T:
+    """Await a redis command; its failures become one-line DedupeUnavailable errors."""
+    try:
+        return await pending
+    except (RedisError, OSError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DedupeUnavailable(f"{what} at {safe_url(url)}: {reason}") from None
+
+
+def safe_url(url: str) -> str:
+    """`url` without its user and password, for messages and logs."""
+    parts = urlsplit(url)
+    if not parts.netloc:
+        return url.rpartition("@")[2]
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def open_dedupe(backend: str, *, path: str, url: str, ttl_s: float) -> DedupeStore:
-    """The store named by `dedupe.backend`."""
+    """The store named by `dedupe.backend`; call `await store.open()` before use."""
     if backend == "memory":
         return MemoryDedupe(ttl_s)
     if backend == "sqlite":
         return SqliteDedupe(Path(path), ttl_s)
-    raise ValueError(f"dedupe backend {backend!r} is not available (url {url.split('@')[-1]})")
+    if backend == "redis":
+        return RedisDedupe(url, ttl_s)
+    raise ValueError(f"dedupe backend {backend!r} is not available")

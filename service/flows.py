@@ -18,6 +18,7 @@ from service.metrics import Metrics
 __all__ = [
     "ActionFailed",
     "CompiledAction",
+    "ConsumptionPaused",
     "FlowEngine",
     "FlowResult",
     "RunContext",
@@ -39,6 +40,11 @@ def redact(text: str, secrets: Mapping[str, str]) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, _REDACTED)
     return text
+
+
+class ConsumptionPaused(Exception):
+    """The event cannot be processed now (a dependency is down altogether): not a failure
+    of the event. Consumption pauses and the event is processed again later."""
 
 
 class ActionFailed(Exception):
@@ -167,6 +173,8 @@ class FlowEngine:
                 return "skipped"
             async with asyncio.timeout(cfg.timeout_s):
                 return await action.run(ctx)
+        except ConsumptionPaused:
+            raise
         except ActionFailed as exc:
             ctx.result.failure = exc
         except TimeoutError:

@@ -15,7 +15,7 @@ from faststream.security import (
 
 from service.config import KafkaConfig
 
-__all__ = ["producer_options", "security"]
+__all__ = ["consumer_options", "producer_options", "security"]
 
 _SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
 
@@ -45,5 +45,14 @@ def producer_options(cfg: KafkaConfig) -> dict[str, Any]:
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
+        **parse_security(security(cfg)),
+    }
+
+
+def consumer_options(cfg: KafkaConfig) -> dict[str, Any]:
+    """aiokafka consumer keyword arguments for Herald's tools (`herald dlq replay`)."""
+    return {
+        "bootstrap_servers": cfg.bootstrap_servers.split(","),
+        "client_id": "herald",
         **parse_security(security(cfg)),
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
 
@@ -39,6 +39,12 @@ class Metrics:
             "herald_event_duration_seconds",
             "Time from receiving an event to finishing its flow.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+
+        self.paused = Gauge(
+            "herald_consumption_paused",
+            "1 while consumption is paused because the SMTP server is unreachable.",
             registry=r,
         )
 

@@ -2,7 +2,8 @@
 
 Fates, as decided here: a `TransientError` is retried after an exponentially growing,
 jittered wait until `attempts` are used up, then the last one is raised; a
-`PermanentError` (or anything else) is raised at once, never retried.
+`PermanentError`, a `ServerUnavailable` (an outage: the caller pauses consumption) or
+anything else is raised at once, never retried.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     wait_random_exponential,
 )
 
-from service.mail.transport import DeliveryError, TransientError
+from service.mail.transport import DeliveryError, ServerUnavailable, TransientError
 
 __all__ = ["OnRetry", "RetryPolicy", "Sleep"]
 
@@ -62,7 +64,10 @@ class RetryPolicy:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_random_exponential(multiplier=self.initial_backoff_s, max=self.max_backoff_s),
-            retry=retry_if_exception_type(TransientError),
+            # A server that cannot be reached at all is an outage, not this email's
+            # failure: the caller pauses consumption instead of spending attempts.
+            retry=retry_if_exception_type(TransientError)
+            & retry_if_not_exception_type(ServerUnavailable),
             reraise=True,
             sleep=self.sleep,
             before_sleep=_notifier(on_retry),

@@ -8,7 +8,7 @@ import pytest
 
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
-from tests.harness import Kafka
+from tests.harness import HeraldProcess, Kafka
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,14 @@ def smtp_server() -> Iterator[RecordingSMTP]:
 def smtp(smtp_server: RecordingSMTP) -> RecordingSMTP:
     smtp_server.reset()
     return smtp_server
+
+
+@pytest.fixture(autouse=True)
+def reap_herald_processes() -> Iterator[None]:
+    """No `herald run` subprocess outlives its test."""
+    yield
+    for process in list(HeraldProcess.alive):
+        process.reap()
 
 
 @pytest.fixture

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import yaml
@@ -173,3 +176,89 @@ async def _collect(consumer: AIOKafkaConsumer, count: int, timeout: float) -> li
         for part in batch.values():
             records.extend(part)
     return records
+
+
+class HeraldProcess:
+    """`python -m service run` with its JSON log lines collected."""
+
+    #: Every process started and not yet reaped; the `reap_herald_processes` fixture
+    #: kills what a failing test left behind.
+    alive: ClassVar[set[HeraldProcess]] = set()
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.env = env or {}
+        self.lines: list[dict[str, Any]] = []
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 20) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service",
+            "--config",
+            str(self.config_path),
+            "run",
+            cwd=ROOT,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "HERALD_LOG__LEVEL": "INFO", **self.env},
+        )
+        HeraldProcess.alive.add(self)
+        self._reader = asyncio.create_task(self._read())
+        try:
+            await self.wait_log("partitions assigned", timeout=timeout)
+        except TimeoutError:
+            raise AssertionError(f"herald did not get partitions; its log: {self.lines}") from None
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            try:
+                self.lines.append(orjson.loads(raw))
+            except orjson.JSONDecodeError:
+                self.lines.append({"msg": raw.decode(errors="replace")})
+
+    async def wait_log(self, message: str, count: int = 1, timeout: float = 20) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                found = [line for line in self.lines if line.get("msg") == message]
+                if len(found) >= count:
+                    return found[-1]
+                await asyncio.sleep(0.02)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), 20)
+        finally:
+            self.reap()
+        await self._reader
+        return code
+
+    def reap(self) -> None:
+        """Kill the process if it still runs (a test that failed half-way)."""
+        HeraldProcess.alive.discard(self)
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+    def logged(self, message: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("msg") == message]
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+
+
+def config_file(config: Config, path: Path) -> Path:
+    """Write `config` as YAML for a `herald run` subprocess."""
+    doc = config.model_dump(mode="json", by_alias=True)
+    doc["smtp"]["password"] = ""
+    doc["kafka"]["sasl_password"] = ""
+    path.write_text(yaml.safe_dump(doc))
+    return path

@@ -13,6 +13,7 @@ from service.config import Config
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import CapturedMessage, CaptureSMTP, summary_line
 from service.logs import setup_logging
+from service.preview import DEFAULT_PORT, PreviewServer
 from service.publish import publish_files
 
 __all__ = ["dev_config", "run_dev"]
@@ -53,12 +54,15 @@ async def run_dev(config: Config, *, outbox: Path, demo: bool) -> None:
             kafka.create_topic(topic, _PARTITIONS)
         herald = Herald(dev_config(config, bootstrap=kafka.bootstrap, smtp_port=smtp.port))
         await herald.start()
-        _banner(kafka.bootstrap, smtp.port, outbox, herald.http.address)
+        preview = PreviewServer(config, EXAMPLES)
         try:
+            preview_url = await preview.start("127.0.0.1", DEFAULT_PORT, any_port=True)
+            _banner(kafka.bootstrap, smtp.port, outbox, herald.http.address, preview_url)
             if demo:
                 await _publish_demo(herald.config)
             await _until_interrupted()
         finally:
+            await preview.stop()
             await herald.stop()
     print(f"\nherald dev stopped: {tally['emails']} email(s) captured in {outbox}/", flush=True)
 
@@ -68,11 +72,12 @@ def _topics(config: Config) -> list[str]:
     return [*k.topics, *(t + k.dlq_suffix for t in k.topics), k.commands_topic, k.decisions_topic]
 
 
-def _banner(bootstrap: str, smtp_port: int, outbox: Path, http: str) -> None:
+def _banner(bootstrap: str, smtp_port: int, outbox: Path, http: str, preview: str) -> None:
     print(
         f"herald dev: Kafka (embedded) at {bootstrap}\n"
         f"            SMTP capture at 127.0.0.1:{smtp_port}, writing to {outbox}/\n"
         f"            HTTP at http://{http}  (/healthz /readyz /metrics)\n"
+        f"            template preview at {preview}\n"
         f"  publish:  HERALD_KAFKA__BOOTSTRAP_SERVERS={bootstrap} herald publish FILE.json\n"
         f"  stop:     Ctrl-C",
         flush=True,

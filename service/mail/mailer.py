@@ -7,14 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.dedupe import DedupeStore, dedupe_key
+from service.dedupe import DedupeStore, DedupeUnavailable, dedupe_key
+from service.flows import ConsumptionPaused
+from service.logs import mask_address
 from service.mail.message import InvalidAddress, Mailbox, build_message, parse_mailbox
 from service.mail.render import Renderer, TemplateError
-from service.mail.transport import DeliveryError, PermanentError
+from service.mail.transport import DeliveryError, PermanentError, ServerUnavailable
 from service.metrics import Metrics
+from service.ratelimit import RateLimiter
 from service.retry import RetryPolicy
 
-__all__ = ["EmailFailed", "EmailRequest", "Mailer", "Transport"]
+__all__ = ["EmailFailed", "EmailRequest", "Mailer", "SmtpUnavailable", "Transport"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,14 @@ class Transport(Protocol):
     """Something that hands prebuilt message bytes to an SMTP server."""
 
     async def send(self, sender: str, recipients: list[str], message: bytes) -> str: ...
+
+
+class SmtpUnavailable(ConsumptionPaused):
+    """The SMTP server cannot be reached at all: pause, don't fail the email."""
+
+
+class StoreUnavailable(ConsumptionPaused):
+    """The dedupe store cannot be reached: pause rather than risk sending twice."""
 
 
 class EmailFailed(Exception):
@@ -61,6 +72,7 @@ class Mailer:
         retry: RetryPolicy,
         default_sender: str,
         metrics: Metrics,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.renderer = renderer
         self.transport = transport
@@ -68,22 +80,60 @@ class Mailer:
         self.retry = retry
         self.default_sender = parse_mailbox(default_sender)
         self.metrics = metrics
+        self.rate_limiter = rate_limiter  # None: unlimited
 
     async def send(self, request: EmailRequest) -> str:
-        """Send one email; returns the outcome (`sent` or `duplicate`) or raises EmailFailed."""
+        """Send one email; returns the outcome (`sent`, `duplicate` or `rate_limited`) or
+        raises EmailFailed."""
         recipient = _mailbox(request.to, request.to_name, "recipient")
         key = dedupe_key(request.event_id, request.action_id, recipient.address)
-        if not await self.dedupe.claim(key):
+        if not await self._claim(key):
             self.metrics.emails.labels(request.template, "duplicate").inc()
             return "duplicate"
         try:
-            await self._deliver(request, recipient)
+            allowed = await self._within_limit(recipient)
+            if allowed:
+                await self._deliver(request, recipient)
         except BaseException:
-            await self.dedupe.release(key)
+            await self._release(key)
             raise
-        await self.dedupe.record(key)
+        if not allowed:
+            # Skipped for good (not a failure, not dead-lettered); nothing was sent, so the
+            # claim is released rather than recorded.
+            await self._release(key)
+            self._rate_limited(request, recipient)
+            return "rate_limited"
+        await self._record(key, request)
         self.metrics.emails.labels(request.template, "sent").inc()
         return "sent"
+
+    async def _claim(self, key: str) -> bool:
+        try:
+            return await self.dedupe.claim(key)
+        except DedupeUnavailable as exc:
+            # Sending without the store could send twice: wait for it instead.
+            raise StoreUnavailable(str(exc)) from None
+
+    async def _release(self, key: str) -> None:
+        try:
+            await self.dedupe.release(key)
+        except Exception as exc:  # the claim lease expires by itself
+            log.warning("dedupe release failed", extra={"error": type(exc).__name__})
+
+    async def _record(self, key: str, request: EmailRequest) -> None:
+        try:
+            await self.dedupe.record(key)
+        except Exception as exc:
+            # The server accepted the email: it is sent. Failing the event now would only
+            # make a replay send it again, so log the widened window and carry on.
+            log.error(
+                "email sent but not recorded; a redelivery could send it again",
+                extra={
+                    "event_id": request.event_id,
+                    "action": request.action_id,
+                    "error": type(exc).__name__,
+                },
+            )
 
     async def _deliver(self, request: EmailRequest, recipient: Mailbox) -> None:
         try:
@@ -107,6 +157,8 @@ class Mailer:
                 lambda: self.transport.send(sender.address, [recipient.address], email.data),
                 on_retry=lambda attempt, err: self._retrying(request, attempt, err),
             )
+        except ServerUnavailable as exc:
+            raise SmtpUnavailable(exc.reason) from None
         except PermanentError as exc:
             self._failed(request, "rejected")
             raise EmailFailed("SmtpPermanentError", exc.reason) from None
@@ -116,6 +168,23 @@ class Mailer:
                 "SmtpRetriesExhausted",
                 f"gave up after {self.retry.attempts} attempts: {exc.reason}",
             ) from None
+
+    async def _within_limit(self, recipient: Mailbox) -> bool:
+        """Counts this attempt against the recipient's limit (a failed send counts too)."""
+        return self.rate_limiter is None or await self.rate_limiter.acquire(recipient.address)
+
+    def _rate_limited(self, request: EmailRequest, recipient: Mailbox) -> None:
+        self.metrics.emails.labels(request.template, "rate_limited").inc()
+        log.info(
+            "email skipped: recipient over its rate limit",
+            extra={
+                "event_id": request.event_id,
+                "action": request.action_id,
+                "template": request.template,
+                "recipient": mask_address(recipient.address),
+                "outcome": "rate_limited",
+            },
+        )
 
     def _retrying(self, request: EmailRequest, attempt: int, error: DeliveryError) -> None:
         self.metrics.smtp_retries.inc()
@@ -135,6 +204,12 @@ class Mailer:
 
 def _mailbox(value: Any, name: Any, what: str) -> Mailbox:
     if not isinstance(value, str) or not value.strip():
+        if what == "recipient":
+            raise EmailFailed(
+                "MissingAddress",
+                "event has no recipient address (data.user.email is empty, or the "
+                "action's `to` gave none)",
+            )
         raise EmailFailed("MissingAddress", f"no {what} address")
     try:
         return parse_mailbox(value, name if isinstance(name, str) else "")

@@ -14,7 +14,14 @@ import jinja2
 from jinja2 import TemplateNotFound, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-__all__ = ["PARTS", "Rendered", "Renderer", "TemplateError", "candidate_locales"]
+__all__ = [
+    "PARTS",
+    "Rendered",
+    "Renderer",
+    "TemplateError",
+    "candidate_locales",
+    "template_context",
+]
 
 #: The files of one template, by part. Subject and text are required, HTML is optional.
 PARTS: dict[str, str] = {"subject": "subject.txt.j2", "text": "text.txt.j2", "html": "html.html.j2"}
@@ -40,7 +47,7 @@ class Rendered:
 
 def normalize_locale(locale: str | None) -> str | None:
     """Canonical BCP 47 casing (`de_at` → `de-AT`), or None when `locale` is not a tag."""
-    locale = (locale or "").strip()
+    locale = locale.strip() if isinstance(locale, str) else ""
     if len(locale) > 35 or not _LOCALE.fullmatch(locale):
         return None
     first, *rest = locale.replace("_", "-").split("-")
@@ -61,6 +68,18 @@ def candidate_locales(locale: str | None, default: str) -> list[str]:
     subtags = tag.split("-") if tag else []
     chain = ["-".join(subtags[:i]) for i in range(len(subtags), 0, -1)]
     return list(dict.fromkeys([*chain, normalize_locale(default) or default]))
+
+
+def template_context(
+    view: Mapping[str, Any], secrets: Mapping[str, str], data: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a template sees: `event` (the Auth0-shaped view), `user`, `secrets`, `data`."""
+    return {
+        "event": view,
+        "user": view.get("user") or {},
+        "secrets": secrets,
+        "data": dict(data or {}),
+    }
 
 
 def format_datetime(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:

@@ -1,0 +1,130 @@
+"""Realistic `identity.user.password_changed` events, published in bulk or at a steady rate.
+
+Users come from a fixed pool (en and de locales, names with umlauts), so the Kafka key
+(the user id) repeats as in production and per-key ordering is exercised. Every event
+carries its publish time in `time` (microseconds, UTC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+__all__ = ["EVENT_TYPE", "make_event", "pace", "publish_bulk"]
+
+EVENT_TYPE = "identity.user.password_changed"
+USERS = 5000
+_FIRST = ["Ada", "Grace", "Alan", "Emmy", "Jörg", "Sophie", "Lukas", "Zoë", "Björn", "Marie"]
+_LAST = ["Lovelace", "Hopper", "Turing", "Noether", "Müller", "Schröder", "Weiß", "Curie"]
+_CITIES = [("Berlin", "DE"), ("München", "DE"), ("Göttingen", "DE"), ("London", "GB"), ("", "")]
+_AGENTS = [
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0",
+]
+
+
+def _user(number: int) -> dict[str, Any]:
+    """User `number` of the pool: stable name, address and locale."""
+    rng = random.Random(number)
+    first, last = rng.choice(_FIRST), rng.choice(_LAST)
+    ascii_first = first.encode("ascii", "ignore").decode().lower() or "user"
+    return {
+        "user_id": f"user-{number}",
+        "email": f"{ascii_first}.{number}@example.com",
+        "email_verified": True,
+        "name": f"{first} {last}",
+        "given_name": first,
+        "family_name": last,
+        "locale": "de" if number % 2 else "en",
+    }
+
+
+def make_event(run: str, seq: int, now: float | None = None) -> dict[str, Any]:
+    """Event `seq` of run `run`: a CloudEvent whose `time` is `now` (default: now)."""
+    rng = random.Random(seq)
+    city, country = rng.choice(_CITIES)
+    stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    user = _user(rng.randrange(USERS))
+    return {
+        "specversion": "1.0",
+        "id": f"{run}-{seq}",
+        "source": "https://login.example.com",
+        "type": EVENT_TYPE,
+        "time": stamp.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "subject": user["user_id"],
+        "datacontenttype": "application/json",
+        "data": {
+            "user": user,
+            "request": {
+                "ip": f"203.0.113.{rng.randrange(1, 255)}",
+                "user_agent": rng.choice(_AGENTS),
+                "geoip": {"country_code": country, "city_name": city},
+            },
+            "connection": {"name": "Username-Password-Authentication", "strategy": "auth0"},
+        },
+    }
+
+
+def _producer(bootstrap: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+
+
+async def publish_bulk(bootstrap: str, topic: str, run: str, count: int) -> None:
+    """Publish `count` events as fast as the broker takes them, keyed by user id."""
+    producer = _producer(bootstrap)
+    await producer.start()
+    try:
+        for start in range(0, count, 2000):
+            futures = []
+            for seq in range(start, min(count, start + 2000)):
+                event = make_event(run, seq)
+                key = event["subject"].encode()
+                futures.append(await producer.send(topic, orjson.dumps(event), key=key))
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def pace(
+    bootstrap: str,
+    topic: str,
+    run: str,
+    *,
+    rate: float,
+    seconds: float,
+    on_send: Callable[[str, float], None],
+) -> int:
+    """Publish `rate` events per second for `seconds`; `on_send(id, time)` for each.
+
+    The event's `time` is taken just before it is handed to the producer, so the
+    latency measured from it includes the producer, the broker and the fetch.
+    """
+    producer = _producer(bootstrap)
+    await producer.start()
+    sent, futures = 0, []
+    started = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - started) < seconds:
+            for _ in range(int(elapsed * rate) + 1 - sent):
+                now = time.time()
+                event = make_event(run, sent, now)
+                on_send(event["id"], now)
+                futures.append(
+                    await producer.send(topic, orjson.dumps(event), key=event["subject"].encode())
+                )
+                sent += 1
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent

@@ -1,0 +1,72 @@
+"""Plumbing shared by the identity-provider formats: bytes → JSON object → envelope → Event."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from service.events import MAX_EVENT_BYTES, Event, MalformedEvent, validate_envelope
+
+__all__ = ["Parser", "compact", "email_or_none", "mapping", "provider_parser", "text"]
+
+#: Turns a record's value and headers into an Event, None (skip) or MalformedEvent.
+Parser = Callable[[bytes | None, Sequence[tuple[str, bytes]]], Event | None]
+#: A provider's JSON object → a CloudEvents envelope, or None for a type Herald skips.
+ToEnvelope = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def provider_parser(to_envelope: ToEnvelope, provider: str) -> Parser:
+    """A Parser for `provider`'s JSON: decode, map to CloudEvents, validate as usual."""
+
+    def parse(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> Event | None:
+        envelope = to_envelope(_decode_object(value, provider))
+        return None if envelope is None else validate_envelope(envelope)
+
+    parse.__doc__ = f"Parse one Kafka record holding a {provider} event."
+    return parse
+
+
+def _decode_object(value: bytes | None, provider: str) -> dict[str, Any]:
+    if value is None:
+        raise MalformedEvent("record has no value")
+    if len(value) > MAX_EVENT_BYTES:
+        raise MalformedEvent(f"value is {len(value)} bytes, over the 1 MiB limit")
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedEvent(f"value is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedEvent(f"{provider} event is not a JSON object")
+    return body
+
+
+def text(obj: Any, *keys: str) -> str | None:
+    """The first of `keys` in `obj` holding a non-empty string, else None."""
+    if not isinstance(obj, Mapping):
+        return None
+    for key in keys:
+        value = obj.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def email_or_none(*candidates: str | None) -> str | None:
+    """The first candidate shaped like an email address (a username may be a phone number)."""
+    return next((c for c in candidates if c and _EMAIL.match(c)), None)
+
+
+def compact(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """`fields` without None values and empty objects: absent stays absent."""
+    return {k: v for k, v in fields.items() if v is not None and v != {}}
+
+
+def mapping(obj: Any, key: str) -> dict[str, Any]:
+    """`obj[key]` when it is an object, else an empty dict."""
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    return value if isinstance(value, dict) else {}

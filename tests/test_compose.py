@@ -1,0 +1,143 @@
+"""compose.yaml and the Dockerfile, checked without a container engine (none runs here).
+
+The structure that matters: every service has an image or a build and a health check,
+Herald starts after its dependencies are healthy and the topics exist, and the
+`HERALD_*` variables it is given are real config keys that point at those services.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]  # type: ignore[no-any-return]
+
+
+def interpolate(value: str, environ: dict[str, str]) -> str:
+    """Compose's `${VAR:-default}` (and `$$` for a literal `$`)."""
+    value = _VAR.sub(lambda m: environ.get(m[1]) or m[2] or "", value)
+    return value.replace("$$", "$")
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: interpolate(str(v), {}) for k, v in env.items()}
+
+
+def test_every_service_has_an_image_or_a_build(services: dict[str, Any]) -> None:
+    assert set(services) >= {"kafka", "kafka-init", "mailpit", "redis", "herald"}
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert services["mailpit"]["image"].startswith("axllent/mailpit:")
+    assert services["herald"]["build"] == "."
+
+
+def test_long_running_services_have_health_checks(services: dict[str, Any]) -> None:
+    for name in ("kafka", "mailpit", "redis", "herald"):
+        test = services[name]["healthcheck"]["test"]
+        assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, name
+    assert "kafka-broker-api-versions.sh" in " ".join(services["kafka"]["healthcheck"]["test"])
+    assert services["redis"]["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
+    assert "/readyz" in " ".join(services["herald"]["healthcheck"]["test"])
+
+
+def test_kafka_is_a_single_kraft_node(services: dict[str, Any]) -> None:
+    env = environment(services["kafka"])
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert env["CLUSTER_ID"]
+
+
+def test_herald_waits_for_healthy_dependencies(services: dict[str, Any]) -> None:
+    depends = services["herald"]["depends_on"]
+    for name in ("kafka", "mailpit", "redis"):
+        assert depends[name] == {"condition": "service_healthy"}, name
+    assert depends["kafka-init"] == {"condition": "service_completed_successfully"}
+    assert services["kafka-init"]["depends_on"]["kafka"] == {"condition": "service_healthy"}
+
+
+def test_herald_environment_is_real_config_pointing_at_the_services(
+    services: dict[str, Any],
+) -> None:
+    env = environment(services["herald"])
+    config = load_config(ROOT / "config" / "herald.yaml", environ=env)  # unknown keys fail
+    assert config.kafka.bootstrap_servers == "kafka:9092"
+    assert (config.smtp.host, config.smtp.port) == ("mailpit", 1025)
+    assert (config.dedupe.backend, config.dedupe.url) == ("redis", "redis://redis:6379/0")
+    assert (config.http.host, config.http.port) == ("0.0.0.0", 8080)
+    assert "8080:8080" in services["herald"]["ports"]
+    assert "1025:1025" in services["mailpit"]["ports"]
+    assert "8025:8025" in services["mailpit"]["ports"]
+
+
+def test_kafka_init_creates_every_topic_herald_uses(services: dict[str, Any]) -> None:
+    config = load_config(ROOT / "config" / "herald.yaml", environ=environment(services["herald"]))
+    script = " ".join(services["kafka-init"]["command"])
+    assert "kafka-topics.sh" in script and "--create" in script
+    words = set(shlex.split(script.replace(";", " ")))
+    k = config.kafka
+    wanted = {*k.topics, *(t + k.dlq_suffix for t in k.topics), k.commands_topic, k.decisions_topic}
+    assert wanted <= words
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per logical line, continuations joined."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_dockerfile_builds_a_non_root_herald_run_image() -> None:
+    steps = dockerfile()
+    kinds = [kind for kind, _ in steps]
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    users = [args for kind, args in steps if kind == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert any(kind == "RUN" and "pip install ." in args for kind, args in steps)
+    copied = " ".join(args for kind, args in steps if kind == "COPY")
+    for path in ("service", "templates", "config", "examples", "pyproject.toml"):
+        assert path in copied, path
+    entrypoint = dict(steps)["ENTRYPOINT"]
+    assert (yaml.safe_load(entrypoint), yaml.safe_load(dict(steps)["CMD"])) == (["herald"], ["run"])
+    health = dict(steps)["HEALTHCHECK"]
+    assert "/healthz" in health and "curl" not in health
+    assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k == "RUN")
+
+
+def test_dockerignore_keeps_what_the_image_needs() -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", "var"} <= ignored
+    for needed in ("service", "templates", "config", "examples", "pyproject.toml", "README.md"):
+        assert needed not in ignored, needed

@@ -1,0 +1,344 @@
+"""Dedupe stores and rate limiters against their real backends (Redis at 127.0.0.1:6379).
+
+Redis tests use DB 15 (or `HERALD_TEST_REDIS_URL`) and a key prefix of their own, deleted
+afterwards. Without a reachable Redis they are skipped, except in CI where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from redis.exceptions import RedisError
+
+from service.dedupe import (
+    DedupeStore,
+    DedupeUnavailable,
+    MemoryDedupe,
+    RedisDedupe,
+    SqliteDedupe,
+    dedupe_key,
+    open_dedupe,
+)
+from service.mail.mailer import EmailRequest, Mailer
+from service.mail.render import Renderer
+from service.metrics import Metrics
+from service.ratelimit import (
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    SqliteRateLimiter,
+    open_rate_limiter,
+)
+from service.retry import RetryPolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("HERALD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+BACKENDS = ["memory", "sqlite", "redis"]
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix no other test uses; every key under it is deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (RedisError, OSError) as exc:
+        client.close()
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+    prefix = f"herald-test:{uuid.uuid4().hex}:"
+    yield prefix
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(params=BACKENDS)
+async def make_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[..., DedupeStore]]:
+    """Builds stores of one backend that share state (same file / same Redis prefix)."""
+    prefix = request.getfixturevalue("redis_prefix") if request.param == "redis" else ""
+    memory: list[MemoryDedupe] = []
+    made: list[DedupeStore] = []
+
+    def make(ttl_s: float = 60, claim_ttl_s: float = 300) -> DedupeStore:
+        store: DedupeStore
+        if request.param == "memory":
+            store = memory[0] if memory else MemoryDedupe(ttl_s, claim_ttl_s=claim_ttl_s)
+            memory.append(store)
+        elif request.param == "sqlite":
+            store = SqliteDedupe(tmp_path / "d.db", ttl_s, claim_ttl_s=claim_ttl_s)
+        else:
+            store = RedisDedupe(REDIS_URL, ttl_s, claim_ttl_s=claim_ttl_s, prefix=prefix + "sent:")
+        made.append(store)
+        return store
+
+    yield make
+    for store in dict.fromkeys(made):
+        await store.close()
+
+
+# --- dedupe stores --------------------------------------------------------------------
+
+
+def test_dedupe_key_ignores_address_case() -> None:
+    key = dedupe_key("evt", "act", "Ada@Example.com")
+    assert key == dedupe_key("evt", "act", "ada@example.com")
+
+
+async def test_claim_record_release(make_store: Callable[..., DedupeStore]) -> None:
+    store = make_store()
+    await store.open()
+    assert await store.claim("k")
+    assert not await store.claim("k")  # in flight
+    await store.release("k")
+    assert await store.claim("k")  # a failed send can be retried
+    await store.record("k")
+    assert not await store.claim("k")
+    await store.release("k")  # release never removes a sent record
+    assert not await store.claim("k")
+
+
+async def test_concurrent_claims_have_one_winner(make_store: Callable[..., DedupeStore]) -> None:
+    store = make_store()
+    wins = await asyncio.gather(*(store.claim("race") for _ in range(20)))
+    assert wins.count(True) == 1
+
+
+async def test_a_crashed_holders_claim_expires(make_store: Callable[..., DedupeStore]) -> None:
+    store = make_store(claim_ttl_s=0.05)
+    assert await store.claim("k")  # ... and its holder never records nor releases
+    await asyncio.sleep(0.1)
+    assert await store.claim("k")
+
+
+async def test_sqlite_record_survives_reopen(tmp_path: Path) -> None:
+    store = SqliteDedupe(tmp_path / "d.db", ttl_s=60)
+    assert await store.claim("k")
+    await store.record("k")
+    await store.close()
+    reopened = SqliteDedupe(tmp_path / "d.db", ttl_s=60)
+    assert not await reopened.claim("k")
+    assert await reopened.claim("other")
+    await reopened.close()
+
+
+async def test_sqlite_and_memory_records_expire(tmp_path: Path) -> None:
+    for store in (SqliteDedupe(tmp_path / "d.db", ttl_s=-1), MemoryDedupe(ttl_s=-1)):
+        await store.record("k")
+        assert await store.claim("k")
+        await store.close()
+
+
+async def test_redis_is_shared_by_instances(redis_prefix: str) -> None:
+    a = RedisDedupe(REDIS_URL, 60, prefix=redis_prefix)
+    b = RedisDedupe(REDIS_URL, 60, prefix=redis_prefix)
+    try:
+        assert await a.claim("k") and not await b.claim("k")
+        await b.release("k")  # not b's claim: a no-op
+        assert not await b.claim("k")
+        await a.record("k")
+        assert not await b.claim("k") and not await a.claim("k")
+        assert await a.claim("k2")
+        await a.release("k2")
+        assert await b.claim("k2")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_release_spares_a_claim_taken_over(redis_prefix: str) -> None:
+    slow = RedisDedupe(REDIS_URL, 60, claim_ttl_s=0.05, prefix=redis_prefix)
+    other = RedisDedupe(REDIS_URL, 60, prefix=redis_prefix)
+    try:
+        assert await slow.claim("k")
+        await asyncio.sleep(0.1)  # slow's lease ran out; other takes over
+        assert await other.claim("k")
+        await slow.release("k")
+        assert not await slow.claim("k")  # other's claim is still there
+    finally:
+        await slow.close()
+        await other.close()
+
+
+async def test_redis_keys_values_and_ttls(redis_prefix: str) -> None:
+    store = RedisDedupe(REDIS_URL, 3600, prefix=redis_prefix)
+    key = dedupe_key("evt-1", "notify", "ada@example.com")
+    try:
+        assert await store.claim(key)
+        [name] = [k async for k in store.client.scan_iter(match=redis_prefix + "*")]
+        assert b"ada" not in name and len(name) == len(redis_prefix) + 64  # sha256, no PII
+        claimed = await store.client.get(name)
+        assert claimed.startswith(f"claimed:{store.instance_id}".encode())
+        assert 0 < await store.client.pttl(name) <= 300_000
+        await store.record(key)
+        assert await store.client.get(name) == b"sent"
+        assert 3590 < await store.client.ttl(name) <= 3600
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://herald:s3cret@127.0.0.1:1/0", "http://herald:s3cret@127.0.0.1/0"]
+)
+async def test_redis_bad_url_fails_at_open_with_one_line(url: str) -> None:
+    with pytest.raises(DedupeUnavailable) as failure:
+        store = open_dedupe("redis", path="unused", url=url, ttl_s=60)
+        try:
+            await store.open()
+        finally:
+            await store.close()
+    message = str(failure.value)
+    assert "\n" not in message and "s3cret" not in message and "127.0.0.1" in message
+
+
+async def test_open_dedupe_backends(tmp_path: Path) -> None:
+    kinds = {
+        "memory": MemoryDedupe,
+        "sqlite": SqliteDedupe,
+        "redis": RedisDedupe,
+    }
+    for backend, kind in kinds.items():
+        store = open_dedupe(backend, path=str(tmp_path / "d.db"), url=REDIS_URL, ttl_s=60)
+        assert isinstance(store, kind)
+        await store.close()
+    with pytest.raises(ValueError):
+        open_dedupe("etcd", path="", url="", ttl_s=60)
+
+
+# --- rate limiters --------------------------------------------------------------------
+
+
+def _limiter(backend: str, tmp_path: Path, prefix: str, limit: int, window: float) -> RateLimiter:
+    if backend == "memory":
+        return MemoryRateLimiter(limit, window)
+    if backend == "sqlite":
+        return SqliteRateLimiter(tmp_path / "d.db", limit, window)
+    return RedisRateLimiter(REDIS_URL, limit, window, prefix=prefix + "rate:")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """A backend name and, for Redis, the test's key prefix."""
+    prefix = request.getfixturevalue("redis_prefix") if request.param == "redis" else ""
+    return request.param, prefix
+
+
+async def test_limit_counts_per_recipient(backend: tuple[str, str], tmp_path: Path) -> None:
+    limiter = _limiter(backend[0], tmp_path, backend[1], limit=2, window=60)
+    try:
+        results = [await limiter.acquire("ada@example.com") for _ in range(5)]
+        assert results == [True, True, False, False, False]
+        assert not await limiter.acquire("ADA@example.com")  # same address
+        assert await limiter.acquire("bob@example.com")
+    finally:
+        await limiter.close()
+
+
+async def test_limit_window_slides(backend: tuple[str, str], tmp_path: Path) -> None:
+    limiter = _limiter(backend[0], tmp_path, backend[1], limit=2, window=0.4)
+    try:
+        assert await limiter.acquire("ada@example.com")
+        await asyncio.sleep(0.2)
+        assert await limiter.acquire("ada@example.com")
+        assert not await limiter.acquire("ada@example.com")
+        await asyncio.sleep(0.25)  # the first has left the window, the second not yet
+        assert await limiter.acquire("ada@example.com")
+        assert not await limiter.acquire("ada@example.com")
+    finally:
+        await limiter.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+async def test_limit_is_shared_by_instances(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    prefix = request.getfixturevalue("redis_prefix") if kind == "redis" else ""
+    a = _limiter(kind, tmp_path, prefix, limit=3, window=60)
+    b = _limiter(kind, tmp_path, prefix, limit=3, window=60)
+    try:
+        got = [await x.acquire("ada@example.com") for x in (a, b, a, b, a)]
+        assert got == [True, True, True, False, False]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_limit_keys_expire_and_hide_addresses(redis_prefix: str) -> None:
+    limiter = RedisRateLimiter(REDIS_URL, 5, 60, prefix=redis_prefix)
+    try:
+        await limiter.acquire("ada@example.com")
+        [name] = [k async for k in limiter.client.scan_iter(match=redis_prefix + "*")]
+        assert b"ada" not in name
+        assert 0 < await limiter.client.pttl(name) <= 60_000
+    finally:
+        await limiter.close()
+
+
+def test_zero_means_unlimited() -> None:
+    limiter = open_rate_limiter("redis", path="", url=REDIS_URL, per_recipient=0, window_s=60)
+    assert limiter is None
+
+
+# --- the mailer with a rate limit -----------------------------------------------------
+
+
+class _Recorder:
+    """A transport that accepts everything: the mailer's decisions are what is tested."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []
+
+    async def send(self, sender: str, recipients: list[str], message: bytes) -> str:
+        self.sent.append(recipients)
+        return "250 OK"
+
+
+def _request(event_id: str, to: str) -> EmailRequest:
+    event = orjson.loads((ROOT / "examples/events/post-change-password.json").read_bytes())
+    user = {**event["data"]["user"], "email": to}
+    view: dict[str, Any] = {**event["data"], **event, "user": user}
+    context = {"event": view, "user": user, "secrets": {}, "data": {}}
+    return EmailRequest(event_id, "notify", "password_changed", to, "", "en", context)
+
+
+async def test_mailer_skips_emails_over_the_limit(
+    backend: tuple[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics, transport = Metrics(), _Recorder()
+    dedupe = MemoryDedupe(60)
+    limiter = _limiter(backend[0], tmp_path, backend[1], limit=2, window=60)
+    mailer = Mailer(
+        renderer=Renderer(ROOT / "templates"),
+        transport=transport,
+        dedupe=dedupe,
+        retry=RetryPolicy(1, 0, 0),
+        default_sender="Herald <no-reply@herald.test>",
+        metrics=metrics,
+        rate_limiter=limiter,
+    )
+    with caplog.at_level(logging.INFO, "service.mail.mailer"):
+        ada = [await mailer.send(_request(f"e{i}", "ada@herald.test")) for i in range(5)]
+        bob = [await mailer.send(_request(f"e{i}", "bob@herald.test")) for i in range(2)]
+    await limiter.close()
+    assert ada == ["sent", "sent", "rate_limited", "rate_limited", "rate_limited"]
+    assert bob == ["sent", "sent"]
+    assert transport.sent.count(["ada@herald.test"]) == 2
+    limited = metrics.emails.labels("password_changed", "rate_limited")._value.get()
+    assert limited == 3
+    assert await dedupe.claim(dedupe_key("e4", "notify", "ada@herald.test"))  # released
+    lines = [r for r in caplog.records if getattr(r, "outcome", None) == "rate_limited"]
+    assert len(lines) == 3 and lines[0].recipient == "a***@herald.test"
+    assert "ada@herald.test" not in caplog.text
