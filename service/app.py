@@ -5,20 +5,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from faststream.kafka import KafkaBroker, Topic
+from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from faststream.kafka.subscriber.usecase import BatchSubscriber
-from faststream.middlewares import AckPolicy
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -29,13 +25,13 @@ from tenacity import (
 from service.actions import compile_flows
 from service.batches import BatchRunner
 from service.checks import check_config
-from service.config import Config, ConfigError, KafkaConfig, load_config
+from service.config import Config, ConfigError, load_config
 from service.consumer import Processor
 from service.dedupe import DedupeStore, open_dedupe
 from service.flows import FlowEngine
 from service.formats import parser_for
 from service.http import HttpServer
-from service.kafka import producer_options, security
+from service.kafka import declare_subscriber, new_broker, producer_options
 from service.mail.mailer import Mailer
 from service.mail.render import Renderer
 from service.mail.transport import SmtpPool
@@ -44,16 +40,13 @@ from service.outputs import Outputs
 from service.ratelimit import RateLimiter, open_rate_limiter
 from service.retry import RetryPolicy
 
-__all__ = ["Herald", "declare_subscriber", "new_broker"]
+__all__ = ["Herald"]
 
 log = logging.getLogger("herald")
 
-_BATCH_RECORDS = 500
 #: Sections whose change takes effect only after a restart (they own connections).
 _RESTART_SECTIONS = ("kafka", "smtp", "dedupe", "rate_limit", "http")
 _T = TypeVar("_T")
-#: How long SIGTERM waits for the batch in flight to finish and commit.
-GRACEFUL_TIMEOUT_S = 30.0
 _START_ATTEMPTS = 6
 
 
@@ -231,62 +224,6 @@ class Herald:
             await runner.handle(message)
 
         return broker
-
-
-def new_broker(cfg: KafkaConfig) -> KafkaBroker:
-    """The FastStream broker for `kafka:` (also used to generate the AsyncAPI document)."""
-    return KafkaBroker(
-        cfg.bootstrap_servers.split(","),
-        security=security(cfg),
-        client_id="herald",
-        logger=logging.getLogger("faststream"),
-        log_level=logging.DEBUG,  # per-message lines; Herald logs each outcome itself
-        graceful_timeout=GRACEFUL_TIMEOUT_S,
-    )
-
-
-def declare_subscriber(
-    broker: KafkaBroker, cfg: KafkaConfig, listener: ConsumerRebalanceListener | None = None
-) -> BatchSubscriber:
-    """Herald's one subscriber: every input topic, batches, commits only by hand."""
-    return broker.subscriber(
-        *(Topic(name, declare=False) for name in cfg.topics),
-        group_id=cfg.group_id,
-        auto_offset_reset=cfg.auto_offset_reset,
-        batch=True,
-        max_records=_BATCH_RECORDS,
-        ack_policy=AckPolicy.MANUAL,
-        listener=listener,
-        parser=_keep_raw_headers,
-        decoder=_no_decode,
-        description=f"Identity events ({cfg.format}); each trigger runs its flow.",
-    )
-
-
-async def _keep_raw_headers(records: tuple[ConsumerRecord, ...], original: Any) -> Any:
-    """FastStream decodes every header as UTF-8 and fails on other bytes; Herald must
-    keep them byte-exact for dead letters, so parse a header-safe copy, keep the raw."""
-    safe = tuple(
-        dataclasses.replace(r, headers=[(k, _utf8_or_empty(v)) for k, v in r.headers])
-        for r in records
-    )
-    message = await original(safe)
-    message.raw_message = records
-    return message
-
-
-def _utf8_or_empty(value: bytes | None) -> bytes:
-    if not value:
-        return b""
-    with contextlib.suppress(UnicodeDecodeError):
-        value.decode()
-        return value
-    return b""
-
-
-async def _no_decode(message: Any, original: Any) -> None:
-    """Herald parses record values itself (events.py); skip FastStream's JSON decode."""
-    return None
 
 
 def _smtp_pool(config: Config) -> SmtpPool:

@@ -15,8 +15,8 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
-from service.app import declare_subscriber, new_broker
 from service.config import Config
+from service.kafka import declare_subscriber, new_broker
 from service.schemas import (
     Auth0LogEvent,
     CloudEvent,

@@ -1,11 +1,19 @@
-"""Kafka client settings shared by the consumer (FastStream) and Herald's producer."""
+"""Kafka wiring: client settings, the FastStream broker and Herald's one subscriber."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import ssl
 from typing import Any
 
+from aiokafka import ConsumerRecord
+from aiokafka.abc import ConsumerRebalanceListener
+from faststream.kafka import KafkaBroker, Topic
 from faststream.kafka.security import parse_security
+from faststream.kafka.subscriber.usecase import BatchSubscriber
+from faststream.middlewares import AckPolicy
 from faststream.security import (
     BaseSecurity,
     SASLPlaintext,
@@ -15,8 +23,18 @@ from faststream.security import (
 
 from service.config import KafkaConfig
 
-__all__ = ["consumer_options", "producer_options", "security"]
+__all__ = [
+    "GRACEFUL_TIMEOUT_S",
+    "consumer_options",
+    "declare_subscriber",
+    "new_broker",
+    "producer_options",
+    "security",
+]
 
+#: How long SIGTERM waits for the batch in flight to finish and commit.
+GRACEFUL_TIMEOUT_S = 30.0
+_BATCH_RECORDS = 500
 _SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
 
 
@@ -56,3 +74,59 @@ def consumer_options(cfg: KafkaConfig) -> dict[str, Any]:
         "client_id": "herald",
         **parse_security(security(cfg)),
     }
+
+
+def new_broker(cfg: KafkaConfig) -> KafkaBroker:
+    """The FastStream broker for `kafka:` (also used to generate the AsyncAPI document)."""
+    return KafkaBroker(
+        cfg.bootstrap_servers.split(","),
+        security=security(cfg),
+        client_id="herald",
+        logger=logging.getLogger("faststream"),
+        log_level=logging.DEBUG,  # per-message lines; Herald logs each outcome itself
+        graceful_timeout=GRACEFUL_TIMEOUT_S,
+    )
+
+
+def declare_subscriber(
+    broker: KafkaBroker, cfg: KafkaConfig, listener: ConsumerRebalanceListener | None = None
+) -> BatchSubscriber:
+    """Herald's one subscriber: every input topic, batches, commits only by hand."""
+    return broker.subscriber(
+        *(Topic(name, declare=False) for name in cfg.topics),
+        group_id=cfg.group_id,
+        auto_offset_reset=cfg.auto_offset_reset,
+        batch=True,
+        max_records=_BATCH_RECORDS,
+        ack_policy=AckPolicy.MANUAL,
+        listener=listener,
+        parser=_keep_raw_headers,
+        decoder=_no_decode,
+        description=f"Identity events ({cfg.format}); each trigger runs its flow.",
+    )
+
+
+async def _keep_raw_headers(records: tuple[ConsumerRecord, ...], original: Any) -> Any:
+    """FastStream decodes every header as UTF-8 and fails on other bytes; Herald must
+    keep them byte-exact for dead letters, so parse a header-safe copy, keep the raw."""
+    safe = tuple(
+        dataclasses.replace(r, headers=[(k, _utf8_or_empty(v)) for k, v in r.headers])
+        for r in records
+    )
+    message = await original(safe)
+    message.raw_message = records
+    return message
+
+
+def _utf8_or_empty(value: bytes | None) -> bytes:
+    if not value:
+        return b""
+    with contextlib.suppress(UnicodeDecodeError):
+        value.decode()
+        return value
+    return b""
+
+
+async def _no_decode(message: Any, original: Any) -> None:
+    """Herald parses record values itself (events.py); skip FastStream's JSON decode."""
+    return None

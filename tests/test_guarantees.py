@@ -153,6 +153,7 @@ async def test_sigkill_mid_stream_then_restart_delivers_all_with_bounded_duplica
         assert await again.stop() == 0
         counts = per_event(server)
     duplicates = sum(counts.values()) - len(counts)
+    print(f"sigkill duplicates: {duplicates}")
     assert set(counts) == {e["id"] for e in batch}
     # Only sends in flight at the kill (SMTP accepted, record not yet written) can repeat.
     assert duplicates <= config.smtp.pool_size

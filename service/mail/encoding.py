@@ -62,13 +62,13 @@ def address_header(name: str, display_name: str, address: str) -> str:
     """`Name: Display Name <addr>`: the name as atoms, a quoted string or encoded-words."""
     if not display_name:
         return f"{name}: {address}"
-    if _plain(display_name) and _ATOMS.fullmatch(display_name):
+    if not _plain(display_name) or len(display_name) > _MAX_TOKEN:
+        words = encoded_words(display_name, len(name) + 2)
+    elif _ATOMS.fullmatch(display_name):
         words = display_name.split(" ")
-    elif _plain(display_name) and len(display_name) <= _MAX_TOKEN:
+    else:
         quoted = display_name.replace("\\", "\\\\").replace('"', '\\"')
         words = f'"{quoted}"'.split(" ")  # folding whitespace is allowed in a quoted string
-    else:
-        words = encoded_words(display_name, len(name) + 2)
     return fold(name + ":", [*words, f"<{address}>"])
 
 
@@ -121,16 +121,39 @@ def multipart(boundary: str, *parts: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def text_part(subtype: str, text: str) -> bytes:
-    """One text entity: its headers, a blank line, the encoded text with CRLF lines."""
+def text_part(subtype: str, text: str, *, last: bool = False) -> bytes:
+    """One text entity: its headers, a blank line, the encoded text with CRLF lines.
+
+    `last`: the entity ends the message (no boundary follows), so it must end with a
+    CRLF; one that the text does not have is added as a soft line break (QP) or an
+    ignored line break (base64), which decoders drop.
+    """
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if text.isascii() or not _mostly_multibyte(text):
         encoding, body = "quoted-printable", quoted_printable(text)
+        if last and not body.endswith(b"\r\n"):
+            body = _qp_soft_end(body)
     else:
         encoding = "base64"
         body = base64_lines(text.replace("\n", "\r\n").encode("utf-8", "replace"))
+        if last and not body.endswith(b"\r\n"):
+            body += b"\r\n"
     return _PART_HEAD.format(subtype, encoding).encode("ascii") + b"\r\n" + body
+
+
+def _qp_soft_end(body: bytes) -> bytes:
+    """End a QP body with a soft line break, which adds a CRLF but no character."""
+    start = body.rfind(b"\r\n") + 2 if b"\r\n" in body else 0
+    line = body[start:]
+    if len(line) < _QP_LINE:
+        return body + b"=\r\n"
+    cut = _QP_LINE - 1  # the "=" must fit too: break the line once more
+    if line[cut - 1] == _EQUALS:
+        cut -= 1
+    elif line[cut - 2] == _EQUALS:
+        cut -= 2
+    return body[:start] + line[:cut] + b"=\r\n" + line[cut:] + b"=\r\n"
 
 
 def _mostly_multibyte(text: str) -> bool:

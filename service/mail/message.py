@@ -120,7 +120,7 @@ def build_message(
         lines.append(text_header(key, one_line(value)))
     lines.append("MIME-Version: 1.0")
     if html is None:
-        body = text_part("plain", text)  # its Content-* lines end the message header
+        body = text_part("plain", text, last=True)  # its Content-* lines end the header
     else:
         boundary = "=_" + secrets.token_hex(12)  # "=_" never occurs in QP or base64
         lines.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"')
