@@ -253,7 +253,9 @@ async def _profiled_run(bench: Bench, outdir: Path) -> str | None:
 
 
 def _is_default(args: argparse.Namespace) -> bool:
-    return args.events == 20_000 and args.runs == 3 and not args.no_latency
+    """Whether the measurement is `make bench`'s (output options aside)."""
+    defaults, output = vars(parse_args([])), ("write", "json", "profile")
+    return all(value == defaults[key] for key, value in vars(args).items() if key not in output)
 
 
 def _command() -> str:

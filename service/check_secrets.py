@@ -118,7 +118,8 @@ def _template_refs(renderer: Renderer, path: Path) -> Refs:
 
 
 def _jinja_refs(tree: nodes.Node) -> Iterator[tuple[str, int]]:
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Call)):
+    # find_all leaves out the node it starts from, which an expression may well be.
+    for node in (tree, *tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Call))):
         if (name := _jinja_ref(node)) is not None:
             yield name, node.lineno
 

@@ -189,7 +189,9 @@ async def _wait_delivered(server: RecordingSMTP, count: int, herald: HeraldProce
         await server.wait_for(count, timeout=60)
     except TimeoutError:
         got = len(per_event(server))
-        raise AssertionError(f"{got} of {count} delivered; log tail: {herald.lines[-15:]}") from None
+        raise AssertionError(
+            f"{got} of {count} delivered; log tail: {herald.lines[-15:]}"
+        ) from None
 
 
 def _revoked(herald: HeraldProcess) -> bool:

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.mail.message import InvalidAddress, build_message, one_line, parse_mailbox
+from service.mail.message import (
+    InvalidAddress,
+    Mailbox,
+    build_message,
+    one_line,
+    parse_mailbox,
+)
 
 SENDER = parse_mailbox("Example <no-reply@example.com>")
 
@@ -298,10 +304,16 @@ def test_explicit_date_is_used() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(subject=st.text(), name=st.text(max_size=30), text=st.text(), html=st.text())
-def test_random_messages_round_trip(subject: str, name: str, text: str, html: str) -> None:
+@given(
+    subject=st.text(),
+    name=st.text(max_size=30),
+    text=st.text(),
+    html=st.none() | st.text(),
+)
+def test_random_messages_round_trip(subject: str, name: str, text: str, html: str | None) -> None:
     data = build_full(subject=subject, name=name, text=text, html=html)
     assert_wire_format(data)
+    assert data.endswith(b"\r\n")
     msg = parse(data)
     assert msg["Subject"] == one_line(subject)
     assert rfc2047(raw_header(data, "Subject")) == one_line(subject)
@@ -309,6 +321,46 @@ def test_random_messages_round_trip(subject: str, name: str, text: str, html: st
         phrase = raw_header(data, "To").rpartition(" <")[0]
         decoded = rfc2047(phrase) if "=?" in phrase else msg["To"].addresses[0].display_name
         assert decoded == name
-    for subtype, content in (("plain", text), ("html", html)):
+    parts = [("plain", text)] if html is None else [("plain", text), ("html", html)]
+    for subtype, content in parts:
         expected = content.replace("\r\n", "\n").replace("\r", "\n")
         assert msg.get_body((subtype,)).get_content().replace("\r\n", "\n") == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["no newline at the end", "", "您的密码已更改。" * 40, "x" * 76, "x" * 74 + "ä", "x " * 38],
+)
+def test_text_only_message_ends_with_crlf_without_changing_the_text(text: str) -> None:
+    data = build_full(text=text, html=None)
+    assert data.endswith(b"\r\n")
+    assert_wire_format(data)
+    assert parse(data).get_content().replace("\r\n", "\n") == text
+
+
+@pytest.mark.parametrize("name", ["A" * 995, "A " * 600, "Ä" * 600])
+def test_huge_display_names_keep_lines_under_998(name: str) -> None:
+    data = build_full(name=name)
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+    assert rfc2047(raw_header(data, "To").rpartition(" <")[0]).strip('"') == one_line(name)
+
+
+def test_mailboxes_made_by_hand_cannot_inject() -> None:
+    with pytest.raises(InvalidAddress):
+        build_message(
+            sender=SENDER,
+            recipient=Mailbox("Ada", "ada@example.com\r\nBcc: evil@x.test"),
+            subject="x",
+            text="x",
+            html=None,
+            headers={},
+        )
+    data = build_message(
+        sender=SENDER,
+        recipient=Mailbox("Ada\r\nBcc: evil@x.test", "ada@example.com"),
+        subject="x",
+        text="x",
+        html=None,
+        headers={},
+    ).data
+    assert parse(data)["Bcc"] is None

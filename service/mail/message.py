@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
-_ADDR_SPEC = re.compile(r"^[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_ADDR_SPEC = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
 
 
@@ -130,7 +130,10 @@ def build_message(
 
 
 def _mailbox(field: str, box: Mailbox) -> str:
-    return address_header(field, box.name, box.address)
+    """The header line for `box`; a Mailbox made without parse_mailbox is checked too."""
+    if not (box.address.isascii() and _ADDR_SPEC.match(box.address)):
+        raise InvalidAddress(f"not a single valid address: {_mask(box.address)}")
+    return address_header(field, one_line(box.name), box.address)
 
 
 @lru_cache(maxsize=2)
