@@ -57,7 +57,9 @@ class HttpServer:
 
     async def readyz(self, _: web.Request) -> web.Response:
         checked_at, ok, checks = self._ready
-        if time.monotonic() - checked_at > _READY_CACHE_S:
+        # Only a positive answer is cached: a probe that just failed is repeated, so
+        # readiness turns true as soon as the dependency is back.
+        if not ok or time.monotonic() - checked_at > _READY_CACHE_S:
             ok, checks = await self.herald.ready()
             self._ready = (time.monotonic(), ok, checks)
         return web.json_response(

@@ -35,6 +35,7 @@ __all__ = [
 #: How long SIGTERM waits for the batch in flight to finish and commit.
 GRACEFUL_TIMEOUT_S = 30.0
 _BATCH_RECORDS = 500
+_FETCH_MAX_WAIT_MS = 25
 _SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
 
 
@@ -98,6 +99,9 @@ def declare_subscriber(
         auto_offset_reset=cfg.auto_offset_reset,
         batch=True,
         max_records=_BATCH_RECORDS,
+        # An idle fetch returns after this long at most: a new event waits for the next
+        # fetch, so this bounds the latency from publish to processing.
+        fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
         ack_policy=AckPolicy.MANUAL,
         listener=listener,
         parser=_keep_raw_headers,
