@@ -280,3 +280,11 @@ def _count(herald: Any, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_every_example_config_passes_herald_check(name: str) -> None:
+    from service.checks import check_config
+    from service.config import load_config
+
+    assert check_config(load_config(EXAMPLES / name, environ={})) == []
