@@ -1,12 +1,18 @@
-"""SmtpPool, error classification and RetryPolicy against real in-process aiosmtpd servers."""
+"""SmtpPool, error classification and RetryPolicy against real in-process aiosmtpd servers.
+
+Every test with an aiosmtpd server runs twice: once with the server offering PIPELINING
+(MAIL, RCPT and DATA in one write) and once without (one command per round trip). A bare
+asyncio server (`RawServer`) records the exact bytes of pipelined sessions.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +28,13 @@ from aiosmtplib import (
     SMTPRecipientsRefused,
     SMTPServerDisconnected,
 )
+from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
+from hypothesis import given
+from hypothesis import strategies as st
 
+from service.mail import smtp_session
+from service.mail.smtp_session import Envelope, data_payload
 from service.mail.transport import (
     DeliveryError,
     PermanentError,
@@ -34,6 +46,7 @@ from service.mail.transport import (
 from service.retry import RetryPolicy
 
 HOST = "127.0.0.1"
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SENDER = "no-reply@example.com"
 RCPT = "ada@example.com"
 # CRLF line endings, a line starting with a dot (dot-stuffed on the wire) and 8-bit text.
@@ -64,6 +77,7 @@ class Recorder:
     rejected: dict[str, str] = field(default_factory=dict)  # recipient -> RCPT reply
     drop_reused: str = ""  # "close" or "421": break the 2nd MAIL of every session
     data_delay_s: float = 0.0
+    pipelining: bool = False  # offer PIPELINING in the reply to EHLO
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     peers: set[Any] = field(default_factory=set)  # one per connection
     helo_names: list[str] = field(default_factory=list)
@@ -71,6 +85,14 @@ class Recorder:
     authenticated: list[bool] = field(default_factory=list)
     disconnected: set[Any] = field(default_factory=set)  # peers whose connection ended
     _mails: dict[Any, int] = field(default_factory=dict)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -148,13 +170,14 @@ class Server:
 StartServer = Callable[..., Server]
 
 
-@pytest.fixture
-def start_server() -> Iterator[StartServer]:
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def start_server(request: pytest.FixtureRequest) -> Iterator[StartServer]:
     """Start aiosmtpd servers on free ports; all are stopped after the test."""
     servers: list[Server] = []
 
     def start(handler: Recorder | None = None, port: int | None = None, **smtp: Any) -> Server:
         handler = handler or Recorder()
+        handler.pipelining = request.param
         port = port or free_port()
         smtp.setdefault("server_hostname", "mx.test")  # else aiosmtpd calls getfqdn()
         controller = RecordingController(handler, hostname=HOST, port=port, **smtp)
@@ -191,6 +214,112 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
+@dataclass
+class RawServer:
+    """A bare asyncio SMTP server offering PIPELINING that records every chunk it reads.
+
+    It answers MAIL and RCPT only once DATA arrives, all replies together (or each in
+    its own write with `split`): a client that waits for each reply would stall.
+    `replies` overrides the reply to a verb (b"." is the end of a message); an empty
+    reply to DATA leaves the whole group unanswered.
+    """
+
+    replies: dict[bytes, bytes] = field(default_factory=dict)
+    split: bool = False
+    chunks: list[bytes] = field(default_factory=list)
+    messages: list[bytes] = field(default_factory=list)  # as received: still dot-stuffed
+    sessions: int = 0
+    ended: int = 0
+    port: int = 0
+    server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._session, HOST, 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    def reply(self, verb: bytes) -> bytes:
+        return self.replies.get(verb, RAW_REPLIES.get(verb, b"250 2.0.0 Ok\r\n"))
+
+    async def send(self, writer: asyncio.StreamWriter, replies: list[bytes]) -> None:
+        for reply in replies if self.split else [b"".join(replies)]:
+            writer.write(reply)
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.sessions += 1
+        session = RawSession(self, writer)
+        writer.write(b"220 raw.test ESMTP\r\n")
+        try:
+            while chunk := await reader.read(65536):
+                self.chunks.append(chunk)
+                if not await session.handle(chunk):
+                    break
+        finally:
+            self.ended += 1
+            writer.close()
+
+
+RAW_REPLIES = {
+    b"EHLO": b"250-raw.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+    b"DATA": b"354 End data with <CR><LF>.<CR><LF>\r\n",
+    b".": b"250 2.0.0 Ok: queued as raw\r\n",
+    b"QUIT": b"221 2.0.0 Bye\r\n",
+}
+
+
+@dataclass
+class RawSession:
+    """The state of one RawServer connection."""
+
+    server: RawServer
+    writer: asyncio.StreamWriter
+    buffer: bytes = b""
+    pending: list[bytes] = field(default_factory=list)  # replies held back until DATA
+    in_data: bool = False
+
+    async def handle(self, chunk: bytes) -> bool:
+        """Answer what `chunk` completes; False after QUIT."""
+        self.buffer += chunk
+        while True:
+            if self.in_data:
+                end = self.buffer.find(b"\r\n.\r\n")
+                if end < 0:
+                    return True
+                self.server.messages.append(self.buffer[2 : end + 2])
+                self.buffer, self.in_data = self.buffer[end + 5 :], False
+                await self.server.send(self.writer, [self.server.reply(b".")])
+                continue
+            line, crlf, rest = self.buffer.partition(b"\r\n")
+            if not crlf:
+                return True
+            self.buffer = rest
+            verb = line[:4].upper()
+            self.pending.append(self.server.reply(verb))
+            if verb in (b"MAIL", b"RCPT"):
+                continue
+            replies, self.pending = self.pending, []
+            if replies[-1]:
+                await self.server.send(self.writer, replies)
+            if verb == b"DATA" and replies[-1].startswith(b"354"):
+                self.in_data, self.buffer = True, b"\r\n" + self.buffer  # finds "\r\n.\r\n"
+            if verb == b"QUIT":
+                return False
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawServer]:
+    server = RawServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
 def make_pool(port: int, **kwargs: Any) -> SmtpPool:
     kwargs.setdefault("timeout_s", 2)
     kwargs.setdefault("local_hostname", "herald.test")
@@ -201,12 +330,30 @@ async def send_one(pool: SmtpPool, recipients: list[str] | None = None) -> str:
     return await pool.send(SENDER, recipients or [RCPT], MESSAGE)
 
 
+@pytest.fixture
+def flows(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names the way each transaction sent MAIL, RCPT and DATA, in order."""
+    used: list[str] = []
+    for name in ("_pipelined", "_one_by_one"):
+        original = getattr(smtp_session, name)
+
+        async def spy(
+            smtp: Any, envelope: Envelope, _name: str = name, _run: Any = original
+        ) -> Any:
+            used.append(_name.strip("_"))
+            return await _run(smtp, envelope)
+
+        monkeypatch.setattr(smtp_session, name, spy)
+    return used
+
+
 # --- sending and pooling -----------------------------------------------------------
 
 
-async def test_send_is_recorded_byte_exact(server: Server) -> None:
+async def test_send_is_recorded_byte_exact(server: Server, flows: list[str]) -> None:
     async with make_pool(server.port) as pool:
         reply = await send_one(pool)
+    assert flows == ["pipelined" if server.handler.pipelining else "one_by_one"]
     assert reply == "2.0.0 Ok: queued as 42"
     assert server.handler.messages == [(SENDER, [RCPT], MESSAGE)]
     assert server.handler.helo_names == ["herald.test"]
@@ -282,6 +429,184 @@ async def test_failed_connection_is_discarded(server: Server) -> None:
         await send_one(pool)
     assert len(server.handler.messages) == 1
     assert len(server.handler.peers) == 2
+
+
+# --- the wire: pipelining, the message after DATA, envelope addresses ----------------
+
+# MESSAGE as sent after DATA: its line starting with a dot doubled, then the final dot.
+MESSAGE_ON_THE_WIRE = (
+    b"From: Herald <no-reply@example.com>\r\n"
+    b"To: ada@example.com\r\n"
+    b"Subject: Password changed\r\n"
+    b"\r\n"
+    b"Hello Ada,\r\n"
+    b"..a line that starts with a dot\r\n"
+    b"caf\xc3\xa9\r\n"
+    b".\r\n"
+)
+
+
+async def test_pipelined_session_is_recorded_byte_exact(raw: RawServer) -> None:
+    async with make_pool(raw.port) as pool:
+        reply = await pool.send(SENDER, [RCPT, "Bob <bob@example.com>"], MESSAGE)
+        assert reply == "2.0.0 Ok: queued as raw"
+    # One write for the envelope and DATA (the server answers nothing before DATA),
+    # one for the message.
+    assert raw.chunks == [
+        b"EHLO herald.test\r\n",
+        b"MAIL FROM:<no-reply@example.com>\r\n"
+        b"RCPT TO:<ada@example.com>\r\n"
+        b"RCPT TO:<bob@example.com>\r\n"
+        b"DATA\r\n",
+        MESSAGE_ON_THE_WIRE,
+        b"QUIT\r\n",
+    ]
+    assert raw.messages == [MESSAGE_ON_THE_WIRE[:-3]]
+
+
+async def test_pipelined_replies_in_separate_writes(raw: RawServer) -> None:
+    raw.split = True
+    async with make_pool(raw.port, size=2) as pool:
+        await asyncio.gather(*(send_one(pool, [RCPT, "bob@example.com"]) for _ in range(20)))
+    assert raw.messages == [MESSAGE_ON_THE_WIRE[:-3]] * 20
+    assert raw.sessions <= 2
+
+
+@pytest.mark.parametrize(
+    ("verb", "reply", "kind"),
+    [
+        (b"MAIL", "550 5.7.1 Sender rejected", PermanentError),
+        (b"MAIL", "451 4.3.0 Try again later", TransientError),
+        (b"RCPT", "550 5.1.1 <ada@example.com>: Recipient address rejected", PermanentError),
+        (b"RCPT", "450 4.2.1 Mailbox busy", TransientError),
+        (b"DATA", "554 5.5.1 No valid recipients", PermanentError),
+        (b"DATA", "451 4.3.0 Try again later", TransientError),
+    ],
+)
+async def test_pipelined_refusal_is_classified_and_sends_no_message(
+    raw: RawServer, verb: bytes, reply: str, kind: type
+) -> None:
+    # A refused MAIL or RCPT with DATA answered 354 anyway (RFC 2920 3.1 allows it): the
+    # client must not send the message, and drops the session mid-DATA.
+    raw.replies[verb] = reply.encode() + b"\r\n"
+    async with make_pool(raw.port) as pool:
+        with pytest.raises(DeliveryError) as caught:
+            await send_one(pool)
+        assert type(caught.value) is kind
+        assert caught.value.reason == reply
+        await eventually(lambda: raw.ended == 1)  # discarded, not reused
+        del raw.replies[verb]
+        await send_one(pool)
+    assert raw.messages == [MESSAGE_ON_THE_WIRE[:-3]]
+    assert raw.sessions == 2
+
+
+async def test_pipelined_server_that_never_answers_times_out(raw: RawServer) -> None:
+    raw.replies[b"DATA"] = b""  # the group stays unanswered
+    async with make_pool(raw.port, timeout_s=0.3) as pool:
+        with pytest.raises(TransientError, match="timed out") as caught:
+            await send_one(pool)
+    assert not isinstance(caught.value, ServerUnavailable)
+    assert raw.messages == []
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"250 2.1.0 Ok\r\n", b"250 2.1.5 Ok\r\n", b"354 End data\r\n"],
+        [b"250 2.1", b".0 Ok\r\n250 2.1.5 Ok\r\n35", b"4 End data\r\n"],
+        [b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data\r\n"],
+    ],
+)
+async def test_reply_reader_keeps_replies_that_arrive_before_it_wakes(
+    chunks: list[bytes],
+) -> None:
+    protocol = SMTPProtocol(asyncio.get_running_loop())
+    protocol.connection_made(asyncio.Transport())
+
+    async def read_three() -> list[int]:
+        return [(await reader.read(timeout=1)).code for _ in range(3)]
+
+    with smtp_session._ReplyReader(protocol) as reader:
+        replies = asyncio.create_task(read_three())
+        await asyncio.sleep(0)  # the reader now waits for the first reply
+        for chunk in chunks:  # all of it before the reader runs again
+            protocol.data_received(chunk)
+        assert await replies == [250, 250, 354]
+    assert "data_received" not in vars(protocol)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b".first line\r\n.\r\n..\r\n. \r\nend .\r\n.\r\n",
+        b"Subject: dots\r\n\r\n.\r\n\r\n.\r\n",
+        b"\r\n",
+    ],
+)
+async def test_lines_starting_with_a_dot_round_trip(server: Server, message: bytes) -> None:
+    async with make_pool(server.port) as pool:
+        await pool.send(SENDER, [RCPT], message)
+    assert server.handler.messages == [(SENDER, [RCPT], message)]
+
+
+@pytest.mark.parametrize(
+    ("message", "received"),
+    [
+        (
+            b"Subject: bare\r\n\r\none\ntwo\r.three\n",
+            b"Subject: bare\r\n\r\none\r\ntwo\r\n.three\r\n",
+        ),
+        (b"Subject: no end\r\n\r\nlast line", b"Subject: no end\r\n\r\nlast line\r\n"),
+    ],
+)
+async def test_bare_line_ends_are_sent_as_crlf(
+    server: Server, message: bytes, received: bytes
+) -> None:
+    async with make_pool(server.port) as pool:
+        await pool.send(SENDER, [RCPT], message)
+    assert server.handler.messages == [(SENDER, [RCPT], received)]
+
+
+_LINE_PARTS = [b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.", b"a", b" "]
+
+
+@given(st.lists(st.sampled_from(_LINE_PARTS), max_size=40).map(b"".join) | st.binary())
+def test_data_payload_is_what_aiosmtplib_sends(message: bytes) -> None:
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+    assert data_payload(message) == expected
+
+
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+
+
+@given(st.from_regex(rf"{_DOT_ATOM}@[A-Za-z0-9.-]+", fullmatch=True) | st.text(max_size=30))
+def test_envelope_addresses_are_quoted_as_aiosmtplib_does(address: str) -> None:
+    try:
+        expected = None if CONTROL.search(address) else quote_address(address).encode("ascii")
+    except ValueError:
+        expected = None
+    try:
+        command: bytes | None = Envelope.of(SENDER, [address]).rcpts[0]
+    except ValueError:
+        command = None
+    assert command == (None if expected is None else b"RCPT TO:" + expected)
+
+
+def test_envelope_addresses_are_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+
+    def quote(address: str) -> str:
+        parsed.append(address)
+        return quote_address(address)
+
+    monkeypatch.setattr(smtp_session, "quote_address", quote)
+    smtp_session._path.cache_clear()
+    for _ in range(3):
+        envelope = Envelope.of("Herald <herald@once.example>", ["ada@once.example"])
+    assert envelope.mail == b"MAIL FROM:<herald@once.example>"
+    assert envelope.rcpts == (b"RCPT TO:<ada@once.example>",)
+    assert parsed == ["Herald <herald@once.example>"]  # the plain address needs no parser
 
 
 # --- classification of replies -----------------------------------------------------

@@ -8,13 +8,15 @@ here as a `DeliveryError` whose class is its fate.
 - `ServerUnavailable` (no session could be set up at all: connection refused, connect
   timeout, TLS failure): transient, and a sign to pause consumption until the server
   is back rather than burn every event's retries.
+
+The commands of one mail transaction (PIPELINING, the message after DATA) are in
+`service.mail.smtp_session`; this module owns the connections and the classification.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import ssl
 from collections.abc import Sequence
@@ -25,12 +27,11 @@ from aiosmtplib import (
     SMTP,
     SMTPConnectError,
     SMTPException,
-    SMTPRecipientRefused,
     SMTPRecipientsRefused,
     SMTPResponseException,
-    SMTPServerDisconnected,
 )
-from aiosmtplib.email import parse_address
+
+from service.mail.smtp_session import Envelope, NothingAccepted, data_payload, transaction
 
 __all__ = [
     "DeliveryError",
@@ -49,8 +50,6 @@ Security = Literal["none", "starttls", "tls"]
 _E = TypeVar("_E", bound=BaseException)
 
 _MAX_REASON = 500
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_SERVICE_CLOSING = 421
 
 
 class DeliveryError(Exception):
@@ -147,60 +146,14 @@ def _one_line(text: str) -> str:
     return line if len(line) <= _MAX_REASON else line[: _MAX_REASON - 1] + "…"
 
 
-class _NothingAccepted(Exception):
-    """The session broke before DATA: the server cannot have accepted the email."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _check_addresses(sender: str, recipients: Sequence[str]) -> None:
+def _envelope(sender: str, recipients: Sequence[str]) -> Envelope:
     """Refuse envelopes that could never be sent, before using a connection."""
     if not recipients:
         raise PermanentError("no recipients")
-    for address in (sender, *recipients):
-        if _CONTROL_CHARS.search(address):
-            # aiosmtplib would quietly send to the first address parsed out of it
-            raise PermanentError(f"invalid address {address!r}: control characters")
-        try:
-            parse_address(address).encode("ascii")
-        except ValueError as exc:  # UnicodeEncodeError included: no SMTPUTF8 here
-            raise PermanentError(f"invalid address {address!r}: {exc}") from exc
-
-
-async def _recipients(smtp: SMTP, recipients: Sequence[str]) -> None:
-    """RCPT TO each recipient; raise only if the server refused all of them."""
-    refused: list[SMTPRecipientRefused] = []
-    for recipient in recipients:
-        try:
-            await smtp.rcpt(recipient)
-        except SMTPRecipientRefused as exc:
-            refused.append(exc)
-    if len(refused) == len(recipients):
-        raise SMTPRecipientsRefused(refused)
-    if refused:
-        codes = ", ".join(str(r.code) for r in refused)
-        log.warning("%d of %d recipients refused (%s)", len(refused), len(recipients), codes)
-
-
-async def _transaction(smtp: SMTP, sender: str, recipients: Sequence[str], message: bytes) -> str:
-    """MAIL, RCPT and DATA on an open session; returns the server's reply to DATA.
-
-    aiosmtplib's `sendmail` does the same but cannot say whether a lost connection
-    broke before DATA (safe to resend) or while waiting for the final reply (the
-    server may have accepted the email), hence the three steps here.
-    """
     try:
-        await smtp.mail(sender)
-        await _recipients(smtp, recipients)
-    except (SMTPServerDisconnected, SMTPResponseException) as exc:
-        # 421 is the server closing the session, as on an idle timeout.
-        if isinstance(exc, SMTPResponseException) and exc.code != _SERVICE_CLOSING:
-            raise
-        raise _NothingAccepted(exc) from exc
-    response = await smtp.data(message)
-    return response.message
+        return Envelope.of(sender, recipients)
+    except ValueError as exc:
+        raise PermanentError(str(exc)) from exc
 
 
 class SmtpPool:
@@ -255,17 +208,18 @@ class SmtpPool:
         a reused one that the server had dropped before DATA is replaced and the email
         sent on a fresh connection. Raises only `DeliveryError` subclasses.
         """
-        _check_addresses(sender, recipients)
+        envelope = _envelope(sender, recipients)
+        payload = data_payload(message)
         async with self._slots:
             smtp, reused = await self._checkout()
             try:
-                return await self._deliver(smtp, sender, recipients, message, reused=reused)
-            except _NothingAccepted:
+                return await self._deliver(smtp, envelope, payload, reused=reused)
+            except NothingAccepted:
                 pass
             # The server had dropped the reused connection. It accepted nothing, so
             # one more try on a fresh connection cannot duplicate the email.
             smtp = await self._open()
-            return await self._deliver(smtp, sender, recipients, message, reused=False)
+            return await self._deliver(smtp, envelope, payload, reused=False)
 
     async def probe(self) -> bool:
         """Whether the server takes an SMTP session now (for readiness); never raises."""
@@ -310,12 +264,12 @@ class SmtpPool:
         return True
 
     async def _deliver(
-        self, smtp: SMTP, sender: str, recipients: Sequence[str], message: bytes, *, reused: bool
+        self, smtp: SMTP, envelope: Envelope, payload: bytes, *, reused: bool
     ) -> str:
         """Run one transaction on `smtp`; keep the connection only if it succeeded."""
         try:
-            reply = await _transaction(smtp, sender, recipients, message)
-        except _NothingAccepted as failure:
+            reply = await transaction(smtp, envelope, payload)
+        except NothingAccepted as failure:
             self._discard(smtp)
             if reused:
                 raise
@@ -356,10 +310,12 @@ class SmtpPool:
         )
 
     async def _open(self) -> SMTP:
-        """Connect, STARTTLS and log in as configured."""
+        """Connect, STARTTLS and log in as configured, and learn the extensions (EHLO)."""
         smtp = self._client()
         try:
             await smtp.connect()
+            # connect() says EHLO only for STARTTLS or AUTH; PIPELINING is known from it.
+            await smtp._ehlo_or_helo_if_needed()
         except Exception as exc:
             self._discard(smtp)
             raise self._error(exc, connecting=True) from exc
