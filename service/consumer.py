@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.events import Event, MalformedEvent, parse_cloudevent
-from service.flows import ConsumptionPaused, FlowEngine, FlowResult
+from service.flows import ConsumptionPaused, FlowEngine, FlowResult, LabelledCounter
 from service.logs import mask_address, mask_addresses
 from service.metrics import Metrics
 from service.outputs import Outputs, Record
@@ -48,6 +48,7 @@ class Processor:
         self.outputs = outputs
         self.metrics = metrics
         self.show_addresses = show_addresses
+        self._events = LabelledCounter(metrics.events)
         self._slots = asyncio.Semaphore(concurrency)
 
     async def process_batch(self, records: Sequence[Record]) -> None:
@@ -81,7 +82,7 @@ class Processor:
             await self._dead_letter(record, None, "MalformedEvent", str(exc), started)
             return
         if event is None:
-            self.metrics.events.labels("unknown", "skipped").inc()
+            self._events.inc("unknown", "skipped")
             log.debug("event type has no trigger, skipped", extra=_where(record))
             return
         try:
@@ -116,8 +117,10 @@ class Processor:
             await self.outputs.metadata_command(
                 event.id, event.user_id, result.user_metadata, result.app_metadata
             )
+        if not (decision and trigger.synchronous):
+            return
         reply_to = headers.get("reply_to", b"").decode(errors="replace") or None
-        if decision and trigger.synchronous and (trigger.name == PRE_REGISTRATION or reply_to):
+        if trigger.name == PRE_REGISTRATION or reply_to:
             await self.outputs.decision(
                 result.decision_body(event), event.user_id, reply_to, headers.get("correlation_id")
             )
@@ -134,7 +137,7 @@ class Processor:
         topic = await self.outputs.dead_letter(record, error, reason)
         self.metrics.dlq.labels(error).inc()
         trigger = event.trigger.name if event else "unknown"
-        self.metrics.events.labels(trigger, "dead_lettered").inc()
+        self._events.inc(trigger, "dead_lettered")
         self.metrics.event_duration.observe(time.perf_counter() - started)
         log.warning(
             "event dead-lettered",
@@ -153,7 +156,7 @@ class Processor:
 
     def _finished(self, event: Event, outcome: str, started: float, result: FlowResult) -> None:
         elapsed = time.perf_counter() - started
-        self.metrics.events.labels(event.trigger.name, outcome).inc()
+        self._events.inc(event.trigger.name, outcome)
         self.metrics.event_duration.observe(elapsed)
         if log.isEnabledFor(logging.INFO):
             email = event.user.get("email")

@@ -10,9 +10,12 @@ between claim and record, the key becomes claimable again and another task or in
 sends the email. Backends:
 
 - `memory` — one process, forgets on exit (`herald dev`, tests).
-- `sqlite` — one host; claims live in the process, "sent" records in a WAL file. A
-  record is committed before `record` returns, so it survives a process kill
-  (`synchronous=NORMAL`: only an OS crash can lose the last few).
+- `sqlite` — one process; claims live in the process, "sent" records in a WAL file. A
+  record is committed on its own, before `record` returns, so it survives a process kill
+  (`synchronous=NORMAL`: only an OS crash can lose the last few). The store and the
+  sqlite rate limiter of a process share one connection to the file (`SqliteFile`):
+  one page cache, and the rate limiter's rows ride along in the next record's
+  transaction instead of paying a commit of their own.
 - `redis` — shared by every instance: `SET NX PX` claims, `SET EX` records, a Lua
   compare-and-delete release. Keys are `herald:sent:<sha256 of the key>`, so no address
   is stored in clear.
@@ -26,13 +29,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import logging
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis, from_url
@@ -49,6 +54,7 @@ __all__ = [
     "MemoryDedupe",
     "RedisDedupe",
     "SqliteDedupe",
+    "SqliteFile",
     "dedupe_key",
     "open_dedupe",
     "redis_call",
@@ -68,6 +74,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+log = logging.getLogger(__name__)
 
 
 class DedupeUnavailable(ConnectionError):
@@ -151,23 +160,172 @@ class MemoryDedupe:
         self._sent.clear()
 
 
+class SqliteFile:
+    """One process' connection to a SQLite dedupe file, shared by its store and limiter.
+
+    `SqliteFile.open(path)` hands every user of the same file in this process the same
+    connection (counted; `close` by the last user closes it). Sharing it keeps one warm
+    page cache (a write through a second connection would make this one drop its cache
+    at its next read) and lets the rate limiter's rows be written by the dedupe record's
+    transaction: one commit per sent email carries both.
+
+    Autocommit (`isolation_level=None`): every statement outside an explicit BEGIN is a
+    transaction of its own. Calls take microseconds, so they run inline on the event loop.
+
+    Checkpoints (copying the WAL into the database file, with an fsync of each) do not
+    run on the event loop: SQLite's automatic ones would stall whichever commit crossed
+    the 1000-page mark for milliseconds. A thread of the file's own copies the WAL every
+    `_CHECKPOINT_EVERY_S` without blocking commits (PASSIVE); only when the WAL has grown
+    past `_WAL_RESTART_FRAMES` (continuous writes never leave it fully copied) does it
+    make the next commit start the WAL over (RESTART, which holds commits for the short
+    rest of the copy). Durability is unchanged: a commit is in the WAL when it returns.
+    """
+
+    _files: ClassVar[dict[Path, SqliteFile]] = {}
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: no fsync per commit; a commit is in the WAL before it returns, so only
+        # an OS crash (not a process crash) can lose the latest records.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")  # another process on the same file
+        self.db.execute("PRAGMA wal_autocheckpoint=0")  # see the class docstring
+        self._checkpoints = _Checkpointer(path)
+        self._checkpoints.start()
+        #: Rate-limit rows `(address digest, time)` counted but not written yet; the next
+        #: `write_sent` (or `flush_rate_rows`) writes them.
+        self.rate_rows: list[tuple[str, float]] = []
+        self.rate_rows_since = 0.0  # time.monotonic() of the oldest pending row
+        #: The sqlite rate limiter's in-memory window per address digest (ratelimit.py).
+        self.rate_windows: dict[str, list[float]] = {}
+        #: Until this time.time(), the file may hold in-window rate rows of addresses that
+        #: are not in `rate_windows` (written before this process, or evicted).
+        self.rate_history_until = 0.0
+        self._users = 0
+
+    @classmethod
+    def open(cls, path: Path) -> SqliteFile:
+        """The shared connection to the file at `path`, created (with its folder) if new."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        real = path.resolve()
+        file = cls._files.get(real)
+        if file is None:
+            file = cls._files[real] = cls(real)
+        file._users += 1
+        return file
+
+    def write_sent(self, key: str, expires_at: float) -> None:
+        """Commit the "sent" record of `key` (with any pending rate rows) before returning."""
+        if not self.rate_rows:
+            self.db.execute(_INSERT_SENT, (key, expires_at))
+        else:
+            self._commit((key, expires_at))
+
+    def add_rate_row(self, digest: str, at: float) -> None:
+        """Queue one rate-limit row for the next commit."""
+        if not self.rate_rows:
+            self.rate_rows_since = time.monotonic()
+        self.rate_rows.append((digest, at))
+
+    def flush_rate_rows(self) -> None:
+        """Write the pending rate-limit rows in a transaction of their own."""
+        if self.rate_rows:
+            self._commit(None)
+
+    async def close(self) -> None:
+        """Drop one user; the last one writes what is pending and closes the file."""
+        self._users -= 1
+        if self._users > 0:
+            return
+        if self._files.get(self.path) is self:
+            del self._files[self.path]
+        try:
+            self.flush_rate_rows()
+        finally:
+            # The last connection to close checkpoints what is left and removes the WAL.
+            await asyncio.to_thread(self._checkpoints.stop)
+            await asyncio.to_thread(self.db.close)
+
+    def _commit(self, sent: tuple[str, float] | None) -> None:
+        rows, self.rate_rows = self.rate_rows, []
+        db = self.db
+        try:
+            db.execute("BEGIN")
+            if sent is not None:
+                db.execute(_INSERT_SENT, sent)
+            db.executemany(_INSERT_RATE, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self.rate_rows[:0] = rows  # counted all the same; written with a later commit
+            raise
+
+
+class _Checkpointer(threading.Thread):
+    """Checkpoints a WAL-mode SQLite file periodically, on a connection of its own."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name=f"sqlite-checkpoint:{path.name}", daemon=True)
+        self.path = path
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            while not self._stopping.wait(_CHECKPOINT_EVERY_S):
+                self._checkpoint(db)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        """Stop and wait for the thread (blocks: call it off the event loop)."""
+        self._stopping.set()
+        if self.is_alive():
+            self.join()
+
+    @staticmethod
+    def _checkpoint(db: sqlite3.Connection) -> None:
+        try:
+            # Frames committed while a round copied are left for the next one: a few
+            # quick rounds catch up.
+            for _ in range(_CHECKPOINT_ROUNDS):
+                _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if copied >= frames:
+                    break
+            # The next commit starts the WAL over only if no commit was under way when
+            # it was last fully copied: under a steady load, make sure of it now and then.
+            if frames > _WAL_RESTART_FRAMES:
+                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error as exc:  # the next round tries again; commits are unaffected
+            log.warning("sqlite checkpoint failed", extra={"error": str(exc)})
+
+
+_CHECKPOINT_EVERY_S = 0.25
+_CHECKPOINT_ROUNDS = 4
+_WAL_RESTART_FRAMES = 8192  # pages of 4 KiB: 32 MiB
+_INSERT_SENT = "INSERT OR REPLACE INTO sent (key, expires_at) VALUES (?, ?)"
+# OR IGNORE: two rows of one address at the very same time.time() are one row.
+_INSERT_RATE = "INSERT OR IGNORE INTO rate_log (key, at) VALUES (?, ?)"
+
+
 class SqliteDedupe:
     """A local SQLite file in WAL mode: a committed record survives a process kill."""
 
     def __init__(self, path: Path, ttl_s: float, *, claim_ttl_s: float = CLAIM_TTL_S) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.ttl_s = ttl_s
-        # Each statement is its own transaction (autocommit): `record` returns only after
-        # its INSERT is committed. Calls are a few microseconds, so they run inline.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: no fsync per commit; a commit is in the WAL before `record` returns, so
-        # only an OS crash (not a process crash) can lose the latest records.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")  # another process on the same file
+        self._file = SqliteFile.open(path)
+        self._closed = False
+        self._db = self._file.db
+        # WITHOUT ROWID: the key's b-tree holds the row, so a claim is one b-tree lookup
+        # and a record writes one page, not two. (Files created before keep their table.)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS sent (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)"
+            " WITHOUT ROWID"
         )
         self._claims = _Leases(claim_ttl_s)
         self._purge()
@@ -183,11 +341,8 @@ class SqliteDedupe:
         return row is None and self._claims.take(key)
 
     async def record(self, key: str) -> None:
-        """Commit `key` as sent before returning."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO sent (key, expires_at) VALUES (?, ?)",
-            (key, time.time() + self.ttl_s),
-        )
+        """Commit `key` as sent before returning: one commit per email, never batched."""
+        self._file.write_sent(key, time.time() + self.ttl_s)
         self._claims.drop(key)
         if time.monotonic() - self._purged > _PURGE_EVERY_S:
             self._purge()
@@ -197,8 +352,10 @@ class SqliteDedupe:
         self._claims.drop(key)
 
     async def close(self) -> None:
-        """Close the file."""
-        await asyncio.to_thread(self._db.close)
+        """Close the file (once its last user closed it)."""
+        if not self._closed:
+            self._closed = True
+            await self._file.close()
 
     def _purge(self) -> None:
         self._db.execute("DELETE FROM sent WHERE expires_at < ?", (time.time(),))

@@ -10,9 +10,11 @@ from typing import Any
 
 from jinja2 import ChainableUndefined
 from jinja2.sandbox import SandboxedEnvironment
+from prometheus_client import Counter
 
 from service.config import BaseAction, Config
 from service.events import Event
+from service.mail.render import FlatGlobals
 from service.metrics import Metrics
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "ConsumptionPaused",
     "FlowEngine",
     "FlowResult",
+    "LabelledCounter",
     "RunContext",
     "event_view",
     "expression_env",
@@ -40,6 +43,26 @@ def redact(text: str, secrets: Mapping[str, str]) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, _REDACTED)
     return text
+
+
+class LabelledCounter:
+    """A labelled prometheus Counter whose children are looked up once per label values.
+
+    `Counter.labels(...)` validates and locks on every call (a few µs); the children it
+    returns live as long as the counter, so they are kept here. Label values must come
+    from a bounded set (config names, fixed outcomes), as for any Prometheus label.
+    """
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def inc(self, *labels: str) -> None:
+        """Add one to the child of `labels`."""
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._counter.labels(*labels)
+        child.inc()
 
 
 class ConsumptionPaused(Exception):
@@ -116,9 +139,13 @@ class CompiledAction:
     when: Callable[..., Any] | None
 
 
+class _ExpressionEnvironment(FlatGlobals, SandboxedEnvironment):
+    """The sandbox, with plain-dict template globals: each evaluation builds a context."""
+
+
 def expression_env() -> SandboxedEnvironment:
     """The sandbox that evaluates `when` and `to`: missing fields are falsy, not errors."""
-    return SandboxedEnvironment(undefined=ChainableUndefined)
+    return _ExpressionEnvironment(undefined=ChainableUndefined)
 
 
 def event_view(event: Event, secrets: Mapping[str, str]) -> dict[str, Any]:
@@ -143,6 +170,7 @@ class FlowEngine:
         self.secrets = config.secrets
         self.flows = flows
         self.metrics = metrics
+        self._actions = LabelledCounter(metrics.actions)
 
     async def run(self, event: Event) -> FlowResult:
         """Run every enabled action whose `when` holds, in order, until one stops the flow.
@@ -155,7 +183,7 @@ class FlowEngine:
         for action in self.flows.get(event.trigger.name, []):
             outcome = await self._run_one(action, ctx)
             result.actions.append({"id": action.config.id, "outcome": outcome})
-            self.metrics.actions.labels(action.config.action, outcome).inc()
+            self._actions.inc(action.config.action, outcome)
             if result.stopped:
                 break
         if result.failure is not None:

@@ -13,7 +13,20 @@ limit), and a later redelivery of that email counts again.
 
 The counters live in the dedupe backend, so instances that share a Redis share the limit:
 
-- `memory` — per process; `sqlite` — the dedupe database file, table `rate_log`;
+- `memory` — per process.
+- `sqlite` — one process' file (like the sqlite dedupe store, whose claims live in the
+  process too): the limit is decided in memory and the log is kept in the dedupe
+  database, table `rate_log`, so that it survives a restart. Each address' window is a
+  sorted list of times in a dict, authoritative while the process lives; it is loaded
+  from `rate_log` when the address is first seen, if the file may hold rows for it (rows
+  from before this process started, or of an address evicted from memory). A counted
+  email's row is written by the dedupe record's transaction (one commit per sent email
+  carries both, see `SqliteFile`); rows of sends that failed go with the next record,
+  or in a commit of their own once they are a second old, or at close. So a process
+  kill can forget the count of the emails in flight (at most the last second's failed
+  ones), never more. Instances on one host do not share the count: use `redis` there.
+  Memory is bounded: past `_WINDOWS_MAX` addresses, the pending rows are written and
+  the older half is dropped from memory (and loaded again from the file when needed).
 - `redis` — one sorted set per address, `herald:rate:<sha256(address)>`, scored by the
   Redis server's clock (instances' clocks may drift), trimmed and checked atomically by a
   Lua script, expiring after `window_s` idle.
@@ -23,17 +36,17 @@ Addresses are compared case-insensitively and stored only as SHA-256 digests.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import os
-import sqlite3
 import time
+from bisect import bisect_right, insort
 from collections import deque
+from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
-from service.dedupe import redis_call, redis_client
+from service.dedupe import SqliteFile, redis_call, redis_client
 
 __all__ = [
     "MemoryRateLimiter",
@@ -45,6 +58,11 @@ __all__ = [
 ]
 
 _SWEEP_EVERY_S = 600.0
+#: Addresses the sqlite limiter keeps in memory (~250 bytes each) before evicting.
+_WINDOWS_MAX = 100_000
+#: Pending rate rows older than this are written without waiting for a record.
+_PENDING_MAX_S = 1.0
+_PENDING_MAX_ROWS = 1000
 # KEYS[1] the address' log; ARGV window (ms), limit, a member unique to this call.
 _ACQUIRE_LUA = """
 local t = redis.call('TIME')
@@ -109,47 +127,94 @@ class MemoryRateLimiter:
 
 
 class SqliteRateLimiter:
-    """Counts in a SQLite file (the dedupe database), shared by processes on one host."""
+    """Counts in memory, logged to the dedupe database file (see the module docstring)."""
 
     def __init__(self, path: Path, per_recipient: int, window_s: float) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.limit = per_recipient
         self.window_s = window_s
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS rate_log (key TEXT NOT NULL, at REAL NOT NULL)"
+        self._file = SqliteFile.open(path)
+        self._closed = False
+        db = self._db = self._file.db
+        # WITHOUT ROWID with the (key, at) primary key: a row is one b-tree entry, no index.
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS rate_log (key TEXT NOT NULL, at REAL NOT NULL,"
+            " PRIMARY KEY (key, at)) WITHOUT ROWID"
         )
-        self._db.execute("CREATE INDEX IF NOT EXISTS rate_log_key_at ON rate_log (key, at)")
+        (sql,) = db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'rate_log'"
+        ).fetchone()
+        if "WITHOUT ROWID" not in sql.upper():  # a file created by an earlier version
+            db.execute("CREATE INDEX IF NOT EXISTS rate_log_key_at ON rate_log (key, at)")
         self._sweep()
+        if db.execute("SELECT 1 FROM rate_log LIMIT 1").fetchone():
+            # Rows of an earlier process: all within the window since the sweep.
+            self._history(time.time())
 
     async def acquire(self, address: str) -> bool:
-        """Trim, count and maybe insert in one IMMEDIATE transaction (atomic across processes)."""
+        """Trim, count and maybe add, in memory; the row goes to the file with a commit."""
         key, now = address_digest(address), time.time()
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("DELETE FROM rate_log WHERE key = ? AND at <= ?", (key, now - self.window_s))
-            (count,) = db.execute("SELECT COUNT(*) FROM rate_log WHERE key = ?", (key,)).fetchone()
-            allowed = bool(count < self.limit)
-            if allowed:
-                db.execute("INSERT INTO rate_log (key, at) VALUES (?, ?)", (key, now))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        file = self._file
+        sent = file.rate_windows.get(key)
+        if sent is None:
+            sent = self._load(key, now)
+        cutoff = now - self.window_s
+        if sent and sent[0] <= cutoff:
+            del sent[: bisect_right(sent, cutoff)]
+        if len(sent) >= self.limit:
+            return False
+        insort(sent, now)  # kept sorted even if the wall clock steps back
+        file.add_rate_row(key, now)
+        if len(file.rate_rows) >= _PENDING_MAX_ROWS or (
+            time.monotonic() - file.rate_rows_since > _PENDING_MAX_S
+        ):
+            file.flush_rate_rows()
         if time.monotonic() - self._swept > _SWEEP_EVERY_S:
             self._sweep()
-        return allowed
+        return True
 
     async def close(self) -> None:
-        """Close the file."""
-        await asyncio.to_thread(self._db.close)
+        """Write pending rows and close the file (once its last user closed it)."""
+        if not self._closed:
+            self._closed = True
+            await self._file.close()
+
+    def _load(self, key: str, now: float) -> list[float]:
+        """The window of an address not in memory: from the file, if it may hold any."""
+        file = self._file
+        if len(file.rate_windows) >= _WINDOWS_MAX:
+            self._evict()
+        sent: list[float] = []
+        if now < file.rate_history_until:
+            rows = self._db.execute(
+                "SELECT at FROM rate_log WHERE key = ? AND at > ? ORDER BY at",
+                (key, now - self.window_s),
+            )
+            sent = [at for (at,) in rows]
+        file.rate_windows[key] = sent
+        return sent
+
+    def _evict(self) -> None:
+        """Drop the older half of the windows; the file then holds everything they had."""
+        file = self._file
+        file.flush_rate_rows()
+        windows = file.rate_windows
+        for key in list(islice(windows, len(windows) // 2)):
+            sent = windows.pop(key)
+            if sent:
+                self._history(sent[-1])
+
+    def _history(self, newest: float) -> None:
+        """The file holds rows up to `newest` that memory may not: load until they expire."""
+        file = self._file
+        file.rate_history_until = max(file.rate_history_until, newest + self.window_s)
 
     def _sweep(self) -> None:
-        self._db.execute("DELETE FROM rate_log WHERE at <= ?", (time.time() - self.window_s,))
+        """Delete rows that left the window, and addresses with nothing in it."""
+        cutoff = time.time() - self.window_s
+        self._db.execute("DELETE FROM rate_log WHERE at <= ?", (cutoff,))
+        windows = self._file.rate_windows
+        for key in [k for k, sent in windows.items() if not sent or sent[-1] <= cutoff]:
+            del windows[key]
         self._swept = time.monotonic()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 import redis
 from redis.exceptions import RedisError
 
+from service import ratelimit
 from service.dedupe import (
     DedupeStore,
     DedupeUnavailable,
@@ -36,6 +39,7 @@ from service.ratelimit import (
     RateLimiter,
     RedisRateLimiter,
     SqliteRateLimiter,
+    address_digest,
     open_rate_limiter,
 )
 from service.retry import RetryPolicy
@@ -285,6 +289,100 @@ async def test_redis_limit_keys_expire_and_hide_addresses(redis_prefix: str) -> 
         assert 0 < await limiter.client.pttl(name) <= 60_000
     finally:
         await limiter.close()
+
+
+async def test_sqlite_limit_survives_a_restart(tmp_path: Path) -> None:
+    first = SqliteRateLimiter(tmp_path / "d.db", 3, 60)
+    assert await first.acquire("ada@example.com")
+    assert await first.acquire("ada@example.com")
+    await first.close()  # writes the rows no dedupe record carried
+    again = SqliteRateLimiter(tmp_path / "d.db", 3, 60)
+    try:
+        assert await again.acquire("ADA@example.com")
+        assert not await again.acquire("ada@example.com")
+        assert await again.acquire("bob@example.com")
+    finally:
+        await again.close()
+
+
+async def test_sqlite_record_commits_the_rate_rows(tmp_path: Path) -> None:
+    store = SqliteDedupe(tmp_path / "d.db", 60)
+    limiter = SqliteRateLimiter(tmp_path / "d.db", 5, 60)
+    reader = sqlite3.connect(tmp_path / "d.db")
+    try:
+        assert await store.claim("k")
+        assert await limiter.acquire("ada@example.com")
+        await store.record("k")
+        # Another connection (as after a kill) sees the record and the count, both
+        # committed by the record's one transaction.
+        assert reader.execute("SELECT count(*) FROM sent").fetchone() == (1,)
+        [(digest,)] = reader.execute("SELECT key FROM rate_log").fetchall()
+        assert digest == address_digest("ada@example.com")
+    finally:
+        reader.close()
+        await limiter.close()
+        await store.close()
+
+
+async def test_sqlite_limit_holds_when_addresses_are_evicted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ratelimit, "_WINDOWS_MAX", 4)
+    limiter = SqliteRateLimiter(tmp_path / "d.db", 2, 60)
+    try:
+        assert await limiter.acquire("ada@example.com")
+        assert await limiter.acquire("ada@example.com")
+        for i in range(20):  # pushes ada out of memory, more than once
+            assert await limiter.acquire(f"user{i}@example.com")
+        assert not await limiter.acquire("ada@example.com")
+        assert await limiter.acquire("user0@example.com")
+    finally:
+        await limiter.close()
+
+
+async def test_sqlite_checkpoints_off_the_event_loop(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    store = SqliteDedupe(path, 60)
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    for i in range(300):
+        assert await store.claim(f"key-{i:04d}-" + "x" * 40)
+        await store.record(f"key-{i:04d}-" + "x" * 40)
+    # Copied into the database file by the checkpoint thread, not by a commit.
+    for _ in range(100):
+        if path.stat().st_size > 16384:
+            break
+        await asyncio.sleep(0.05)
+    assert path.stat().st_size > 16384
+    checkpoints = store._file._checkpoints
+    await store.close()
+    assert not checkpoints.is_alive()
+    assert not Path(f"{path}-wal").exists()  # the last connection closed cleanly
+
+
+async def test_sqlite_files_of_an_earlier_version_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("CREATE TABLE sent (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
+    old.execute("CREATE TABLE rate_log (key TEXT NOT NULL, at REAL NOT NULL)")
+    old.execute("CREATE INDEX rate_log_key_at ON rate_log (key, at)")
+    old.execute("INSERT INTO sent VALUES ('old', ?)", (time.time() + 60,))
+    old.execute(
+        "INSERT INTO rate_log VALUES (?, ?)", (address_digest("ada@example.com"), time.time())
+    )
+    old.close()
+    store = SqliteDedupe(path, 60)
+    limiter = SqliteRateLimiter(path, 2, 60)
+    try:
+        assert not await store.claim("old")
+        assert await store.claim("new")
+        assert await limiter.acquire("ada@example.com")
+        assert not await limiter.acquire("ada@example.com")
+        await store.record("new")
+        assert not await store.claim("new")
+    finally:
+        await limiter.close()
+        await store.close()
 
 
 def test_zero_means_unlimited() -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from service.mail.render import Renderer, TemplateError, candidate_locales
+from service.mail import render
+from service.mail.render import Renderer, TemplateError, candidate_locales, format_datetime
 from service.triggers import TRIGGERS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,3 +338,62 @@ def test_many_locales_do_not_grow_the_cache(renderer: Renderer) -> None:
     for i in range(200):
         renderer.render("password_reset", f"x{i:03d}-ZZ", ctx)
     assert len(renderer._files) < 20
+
+
+def test_many_locales_do_not_grow_the_resolution_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render, "_RESOLVED_MAX", 50)
+    renderer = Renderer(TEMPLATES)
+    ctx = context(event_for())
+    for i in range(200):
+        assert renderer.render("password_reset", f"x{i:03d}-ZZ", ctx).locale == "en"
+    assert len(renderer._resolved) <= 50
+    assert renderer.render("password_reset", "de-AT", ctx).locale == "de"
+
+
+def test_rendering_checks_no_files_once_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, {"t/subject.txt.j2": "s", "t/text.txt.j2": "x", "t/de/text.txt.j2": "de"})
+    renderer = Renderer(tmp_path)
+    for locale in ("de", "en", None, 7):  # a locale of the wrong type is no locale
+        renderer.render("t", locale, {})  # type: ignore[arg-type]
+
+    def no_filesystem(*args: Any) -> bool:
+        raise AssertionError("filesystem checked while rendering")
+
+    monkeypatch.setattr(Path, "is_dir", no_filesystem)
+    monkeypatch.setattr(Path, "is_file", no_filesystem)
+    assert renderer.render("t", "de", {}).text == "de"
+    assert renderer.render("t", "en", {}).text == "x"
+    assert renderer.render("t", 7, {}).locale == "en"  # type: ignore[arg-type]
+
+
+def test_datetime_filter_formats_each_call_right() -> None:
+    stamp = "2025-03-04T05:06:07.123456+01:00"
+    assert format_datetime(stamp) == "2025-03-04 04:06 UTC"
+    assert format_datetime(stamp, "%d.%m.%Y, %H:%M UTC") == "04.03.2025, 04:06 UTC"
+    assert format_datetime(stamp) == "2025-03-04 04:06 UTC"  # from the cache
+    assert format_datetime("2025-03-04T05:06:07") == "2025-03-04 05:06 UTC"  # naive: UTC
+    assert format_datetime("not a time") == "not a time"
+    assert format_datetime("") == ""
+    assert format_datetime(None) == ""
+
+
+def test_text_details_leave_out_empty_rows(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "_layout/macros.txt.j2": (TEMPLATES / "_layout" / "macros.txt.j2").read_text("utf-8"),
+            "t/subject.txt.j2": "s",
+            "t/text.txt.j2": (
+                '{% from "_layout/macros.txt.j2" import details %}\n'
+                "{{ details(rows) -}}\nend\n"
+            ),
+        },
+    )
+    renderer = Renderer(tmp_path)
+    rows = [("When", "today"), ("Where", ""), ("IP address", None), ("Device", "Phone")]
+    text = renderer.render("t", None, {"rows": rows}).text
+    assert text == "When:         today\nDevice:       Phone\n\nend\n"
+    assert renderer.render("t", None, {"rows": [("When", "")]}).text == "end\n"
+    assert renderer.render("t", None, {"rows": []}).text == "end\n"

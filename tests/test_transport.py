@@ -888,6 +888,48 @@ async def test_exhausted_attempts_raise_the_last_transient_error() -> None:
     assert [n for n, _ in rec.retries] == [1, 2]
 
 
+async def test_a_first_failure_counts_as_attempt_one() -> None:
+    rec = Recording()
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TransientError("421 busy")
+        return "250 ok"
+
+    assert await RetryPolicy(3, 0.5, 30, sleep=rec.sleep).run(attempt, rec.on_retry) == "250 ok"
+    assert calls == 2
+    assert [(n, e.reason) for n, e in rec.retries] == [(1, "421 busy")]
+    assert len(rec.sleeps) == 1
+
+
+@pytest.mark.parametrize(
+    ("attempts", "error"),
+    [
+        (5, ServerUnavailable("connection refused")),
+        (5, PermanentError("550 no such user")),
+        (5, RuntimeError("a bug")),
+        (1, TransientError("421 busy")),
+    ],
+)
+async def test_failures_not_retried(attempts: int, error: Exception) -> None:
+    rec = Recording()
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        raise error
+
+    with pytest.raises(type(error)) as caught:
+        await RetryPolicy(attempts, 0.5, 30, sleep=rec.sleep).run(attempt, rec.on_retry)
+    assert caught.value is error
+    assert calls == 1
+    assert rec.retries == [] and rec.sleeps == []
+
+
 async def failing() -> str:
     raise TransientError("421 busy")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.dedupe import DedupeStore, DedupeUnavailable, dedupe_key
-from service.flows import ConsumptionPaused
+from service.flows import ConsumptionPaused, LabelledCounter
 from service.logs import mask_address
 from service.mail.message import InvalidAddress, Mailbox, build_message, parse_mailbox
 from service.mail.render import Renderer, TemplateError
@@ -80,6 +80,7 @@ class Mailer:
         self.retry = retry
         self.default_sender = parse_mailbox(default_sender)
         self.metrics = metrics
+        self._emails = LabelledCounter(metrics.emails)
         self.rate_limiter = rate_limiter  # None: unlimited
 
     async def send(self, request: EmailRequest) -> str:
@@ -88,7 +89,7 @@ class Mailer:
         recipient = _mailbox(request.to, request.to_name, "recipient")
         key = dedupe_key(request.event_id, request.action_id, recipient.address)
         if not await self._claim(key):
-            self.metrics.emails.labels(request.template, "duplicate").inc()
+            self._emails.inc(request.template, "duplicate")
             return "duplicate"
         try:
             allowed = await self._within_limit(recipient)
@@ -104,7 +105,7 @@ class Mailer:
             self._rate_limited(request, recipient)
             return "rate_limited"
         await self._record(key, request)
-        self.metrics.emails.labels(request.template, "sent").inc()
+        self._emails.inc(request.template, "sent")
         return "sent"
 
     async def _claim(self, key: str) -> bool:
@@ -174,7 +175,7 @@ class Mailer:
         return self.rate_limiter is None or await self.rate_limiter.acquire(recipient.address)
 
     def _rate_limited(self, request: EmailRequest, recipient: Mailbox) -> None:
-        self.metrics.emails.labels(request.template, "rate_limited").inc()
+        self._emails.inc(request.template, "rate_limited")
         log.info(
             "email skipped: recipient over its rate limit",
             extra={
@@ -199,7 +200,7 @@ class Mailer:
         )
 
     def _failed(self, request: EmailRequest, outcome: str) -> None:
-        self.metrics.emails.labels(request.template, outcome).inc()
+        self._emails.inc(request.template, outcome)
 
 
 def _mailbox(value: Any, name: Any, what: str) -> Mailbox:

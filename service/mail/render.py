@@ -1,12 +1,21 @@
-"""Email templates: sandboxed Jinja2, locale variants overriding file by file (SPEC §6)."""
+"""Email templates: sandboxed Jinja2, locale variants overriding file by file (SPEC §6).
+
+Per-render costs are kept to the templates themselves: which files render a (template,
+locale) pair is worked out once and remembered until `reload()` (no filesystem checks
+per email), compiled templates are cached by Jinja until then, template globals are a
+plain dict fixed when the environment is built (Jinja's default `ChainMap` is walked in
+Python on every render and every `{% from … import … %}`), and the `datetime` filter
+remembers the timestamps it formatted (text and HTML parts format the same one).
+"""
 
 from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +25,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 __all__ = [
     "PARTS",
+    "FlatGlobals",
     "Rendered",
     "Renderer",
     "TemplateError",
@@ -29,6 +39,9 @@ _REQUIRED = ("subject", "text")
 _LOCALE = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+#: Remembered (template, locale) resolutions; past this many the memo starts over, so
+#: events with ever new locale strings cannot grow it.
+_RESOLVED_MAX = 1024
 
 
 class TemplateError(Exception):
@@ -86,6 +99,18 @@ def format_datetime(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
     """Jinja filter: an ISO 8601 timestamp in UTC; anything unparseable passes through."""
     if not value:
         return ""
+    if isinstance(value, str) and isinstance(fmt, str):
+        return _format_timestamp(value, fmt)
+    return _format(value, fmt)
+
+
+@lru_cache(maxsize=1024)
+def _format_timestamp(value: str, fmt: str) -> str:
+    # Each part of an email formats the same `event.time`: parse it once.
+    return _format(value, fmt)
+
+
+def _format(value: Any, fmt: Any) -> str:
     try:
         when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     except ValueError:
@@ -101,6 +126,26 @@ def http_url(value: Any) -> str:
     return url if url.lower().startswith(("https://", "http://")) else ""
 
 
+class FlatGlobals:
+    """Jinja environment mixin: each template's globals flattened into a plain dict.
+
+    Jinja layers a template's globals over the environment's in a `ChainMap`, so that
+    globals changed after loading still show; every render copies that map and every
+    `{% from … import … %}` diffs its keys, in Python, per email. Herald sets its globals
+    once, before any template loads (as Jinja's documentation asks), so a dict built at
+    load time holds the same names and values and costs a C-level copy.
+    """
+
+    globals: dict[str, Any]
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        return {**self.globals, **(d or {})}
+
+
+class _Environment(FlatGlobals, ImmutableSandboxedEnvironment):
+    """The immutable sandbox (templates may read event data, never call into or mutate it)."""
+
+
 class Renderer:
     """Renders `templates_dir/<name>/` in the locale closest to the user's."""
 
@@ -111,7 +156,7 @@ class Renderer:
         self.default_locale = normalize_locale(default_locale) or default_locale
         self._escaped = jinja2.select_autoescape(("html.j2", "html"), default_for_string=False)
         # Immutable sandbox: templates may read event data but never call into or mutate it.
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = _Environment(
             loader=jinja2.FileSystemLoader(self.templates_dir),
             autoescape=self._escaped,
             undefined=jinja2.ChainableUndefined,  # a missing optional field renders as ""
@@ -124,12 +169,14 @@ class Renderer:
         self.env.filters.update(datetime=format_datetime, http_url=http_url)
         self._variants: dict[str, dict[str, str]] = {}
         self._files: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
+        self._resolved: dict[tuple[str, str | None], tuple[str, dict[str, str]]] = {}
 
     def reload(self) -> None:
         """Forget compiled templates and directory listings (SIGHUP)."""
         self.env.cache.clear()  # type: ignore[union-attr]
         self._variants.clear()
         self._files.clear()
+        self._resolved.clear()
 
     def names(self) -> list[str]:
         """Template names: the directories of templates_dir, except `_layout` and the like."""
@@ -145,7 +192,21 @@ class Renderer:
         return sorted(p.name for p in dirs if normalize_locale(p.name))
 
     def resolve(self, name: str, locale: str | None) -> tuple[str, dict[str, str]]:
-        """The locale used and, per part, the loader path of the file that renders it."""
+        """The locale used and, per part, the loader path of the file that renders it.
+
+        Remembered until `reload()` (unless `auto_reload`): no filesystem check per email.
+        """
+        # Anything but a string is no locale tag: the same resolution as None.
+        memo = (name, locale if isinstance(locale, str) else None)
+        found = self._resolved.get(memo)
+        if found is None or self.env.auto_reload:
+            found = self._resolve(name, locale)
+            if len(self._resolved) >= _RESOLVED_MAX:
+                self._resolved.clear()
+            self._resolved[memo] = found
+        return found
+
+    def _resolve(self, name: str, locale: str | None) -> tuple[str, dict[str, str]]:
         variants = self._variant_dirs(name)
         candidates = candidate_locales(locale, self.default_locale)
         found = [(c, variants[c.lower()]) for c in candidates if c.lower() in variants]
