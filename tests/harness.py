@@ -262,3 +262,13 @@ def config_file(config: Config, path: Path) -> Path:
     doc["kafka"]["sasl_password"] = ""
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def metric(herald: Any, name: str, **labels: str) -> float:
+    """The sum of a Prometheus sample over the series matching `labels`."""
+    total = 0.0
+    for family in herald.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

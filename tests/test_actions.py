@@ -15,7 +15,16 @@ from service.config import Config
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
 from service.outputs import COMMAND_TYPE, command_id
-from tests.harness import ROOT, Kafka, load_example, make_config, running, unique, wait_until
+from tests.harness import (
+    ROOT,
+    Kafka,
+    load_example,
+    make_config,
+    metric,
+    running,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -197,7 +206,7 @@ async def test_failing_python_action_fails_closed_on_a_sync_trigger(
     async with running(config) as herald:
         await client.send(config.kafka.topics[0], signup())
         [decision] = await decisions(client, config, 1)
-        assert _count(herald, "herald_actions_total", action="python", outcome="failed") == 1
+        assert metric(herald, "herald_actions_total", action="python", outcome="failed") == 1
     assert decision["decision"] == "deny" and decision["reason"] == "action_failed"
     assert b"sk-live-abcdef" not in orjson.dumps(decision)
     assert await client.read(config.kafka.topics[0] + ".dlq", 1, timeout=1) == []
@@ -270,16 +279,7 @@ async def test_decision_endpoint(kafka: EmbeddedKafka, smtp: RecordingSMTP, tmp_
 
 
 def _events(herald: Any) -> float:
-    return _count(herald, "herald_events_total")
-
-
-def _count(herald: Any, name: str, **labels: str) -> float:
-    total = 0.0
-    for metric in herald.metrics.registry.collect():
-        for sample in metric.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return metric(herald, "herald_events_total")
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))

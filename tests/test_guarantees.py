@@ -20,6 +20,7 @@ from tests.harness import (
     config_file,
     load_example,
     make_config,
+    metric,
     running,
     wait_until,
 )
@@ -59,8 +60,8 @@ async def test_same_event_three_times_sends_one_email(
             await client.send(config.kafka.topics[0], event)
         await client.send(config.kafka.topics[0], follow)
         await smtp.wait_for(2)
-        await wait_until(lambda: _count(herald, "herald_events_total") >= 4, "all four")
-        assert _count(herald, "herald_emails_total", outcome="duplicate") == 2
+        await wait_until(lambda: metric(herald, "herald_events_total") >= 4, "all four")
+        assert metric(herald, "herald_emails_total", outcome="duplicate") == 2
     assert per_event(smtp) == {event["id"]: 1, follow["id"]: 1}
 
 
@@ -74,12 +75,12 @@ async def test_smtp_outage_pauses_and_loses_nothing(
     async with running(config) as herald, aiohttp.ClientSession() as http:
         for event in batch:
             await client.send(config.kafka.topics[0], event)
-        await wait_until(lambda: _count(herald, "herald_consumption_paused") == 1, "paused")
+        await wait_until(lambda: metric(herald, "herald_consumption_paused") == 1, "paused")
         async with http.get(f"http://{herald.http.address}/readyz") as resp:
             assert resp.status == 503
         with RecordingSMTP(port=port) as back:
             await back.wait_for(20, timeout=30)
-            await wait_until(lambda: _count(herald, "herald_consumption_paused") == 0, "resumed")
+            await wait_until(lambda: metric(herald, "herald_consumption_paused") == 0, "resumed")
 
             async def ready() -> bool:
                 async with http.get(f"http://{herald.http.address}/readyz") as resp:
@@ -88,7 +89,7 @@ async def test_smtp_outage_pauses_and_loses_nothing(
             await wait_until(ready, "ready again")
             assert per_event(back) == {e["id"]: 1 for e in batch}
     assert await client.read(config.kafka.topics[0] + ".dlq", 1, timeout=1) == []
-    assert _count(herald, "herald_dlq_total") == 0
+    assert metric(herald, "herald_dlq_total") == 0
 
 
 async def test_rate_limit_sends_two_of_five(
@@ -100,8 +101,8 @@ async def test_rate_limit_sends_two_of_five(
     async with running(config) as herald:
         for event in [*same, other]:
             await client.send(config.kafka.topics[0], event)
-        await wait_until(lambda: _count(herald, "herald_events_total") >= 6, "all six")
-        assert _count(herald, "herald_emails_total", outcome="rate_limited") == 3
+        await wait_until(lambda: metric(herald, "herald_events_total") >= 6, "all six")
+        assert metric(herald, "herald_emails_total", outcome="rate_limited") == 3
     assert sorted(m.rcpt_tos[0] for m in smtp.messages) == ["busy@herald.test"] * 2 + [
         "calm@herald.test"
     ]
@@ -197,12 +198,3 @@ async def _wait_delivered(server: RecordingSMTP, count: int, herald: HeraldProce
 def _revoked(herald: HeraldProcess) -> bool:
     assigned = herald.logged("partitions assigned")
     return bool(assigned) and assigned[-1].get("partitions", 0) < 4
-
-
-def _count(herald: Any, name: str, **labels: str) -> float:
-    total = 0.0
-    for metric in herald.metrics.registry.collect():
-        for sample in metric.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total

@@ -11,7 +11,7 @@ import pytest
 
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
-from tests.harness import EMAIL_FLOWS, Kafka, load_example, make_config, running, wait_until
+from tests.harness import EMAIL_FLOWS, Kafka, load_example, make_config, metric, running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -106,9 +106,9 @@ async def test_when_true_and_false(
         await client.send(config.kafka.topics[0], no)
         await client.send(config.kafka.topics[0], yes)
         await smtp.wait_for(1)
-        await wait_until(lambda: _count(herald, "herald_events_total", outcome="ok") >= 2, "both")
+        await wait_until(lambda: metric(herald, "herald_events_total", outcome="ok") >= 2, "both")
     assert [r.rcpt_tos for r in smtp.messages] == [["yes@herald.test"]]
-    assert _count(herald, "herald_actions_total", action="send_email", outcome="skipped") == 1
+    assert metric(herald, "herald_actions_total", action="send_email", outcome="skipped") == 1
 
 
 async def test_unknown_type_is_skipped_not_dead_lettered(
@@ -123,7 +123,7 @@ async def test_unknown_type_is_skipped_not_dead_lettered(
         await client.send(topic, other, key=b"same-user")
         await client.send(topic, follow, key=b"same-user")
         received = await smtp.wait_for(1)
-        assert _count(herald, "herald_events_total", trigger="unknown", outcome="skipped") == 1
+        assert metric(herald, "herald_events_total", trigger="unknown", outcome="skipped") == 1
     assert received[0].message["X-Herald-Event-Id"] == follow["id"]
     assert await client.read(topic + ".dlq", 1, timeout=1) == []
 
@@ -237,8 +237,8 @@ async def test_transient_421_then_250_sends_exactly_once(
     async with running(config) as herald:
         await client.send(config.kafka.topics[0], event)
         await smtp.wait_for(1)
-        await wait_until(lambda: _count(herald, "herald_events_total", outcome="ok") == 1, "ok")
-        assert _count(herald, "herald_smtp_retries_total") == 1
+        await wait_until(lambda: metric(herald, "herald_events_total", outcome="ok") == 1, "ok")
+        assert metric(herald, "herald_smtp_retries_total") == 1
     assert len(smtp.messages) == 1
     assert await client.read(config.kafka.topics[0] + ".dlq", 1, timeout=1) == []
 
@@ -256,7 +256,7 @@ async def test_permanent_550_is_dead_lettered_and_the_next_is_delivered(
         await client.send(topic, second, key=b"u")
         received = await smtp.wait_for(1)
         dead = await client.read(topic + ".dlq", 1)
-        assert _count(herald, "herald_smtp_retries_total") == 0
+        assert metric(herald, "herald_smtp_retries_total") == 0
     assert received[0].message["X-Herald-Event-Id"] == second["id"]
     headers = dict(dead[0].headers)
     assert dead[0].value == orjson.dumps(first)
@@ -278,7 +278,7 @@ async def test_readyz_and_metrics(
             assert resp.status == 200
         async with http.get(f"{base}/readyz") as resp:
             assert resp.status == 200, await resp.text()
-        await wait_until(lambda: _count(herald, "herald_events_total", outcome="ok") == 1, "ok")
+        await wait_until(lambda: metric(herald, "herald_events_total", outcome="ok") == 1, "ok")
         async with http.get(f"{base}/metrics") as resp:
             body = await resp.text()
     assert 'herald_events_total{outcome="ok",trigger="post-change-password"} 1.0' in body
@@ -309,15 +309,3 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _count(herald: object, name: str, **labels: str) -> float:
-    from service.app import Herald
-
-    assert isinstance(herald, Herald)
-    total = 0.0
-    for metric in herald.metrics.registry.collect():
-        for sample in metric.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
