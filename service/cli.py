@@ -44,7 +44,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="herald", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="herald",
+        description="Herald runs Auth0-style Actions (email, metadata, allow / deny / redirect)"
+        " on identity events from Kafka.",
+    )
     parser.add_argument(
         "--config", help="config file (default: $HERALD_CONFIG or config/herald.yaml)"
     )
