@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from service.config import (
@@ -18,7 +17,7 @@ from service.flows import ActionFailed, ActionFn, CompiledAction, RunContext, ex
 from service.mail.mailer import EmailFailed, EmailRequest, Mailer
 from service.mail.render import template_context
 
-__all__ = ["compile_flows", "merge_metadata"]
+__all__ = ["compile_flows"]
 
 
 def compile_flows(config: Config, mailer: Mailer) -> dict[str, list[CompiledAction]]:
@@ -37,11 +36,6 @@ def compile_flows(config: Config, mailer: Mailer) -> dict[str, list[CompiledActi
     }
 
 
-def merge_metadata(target: dict[str, Any], changes: Mapping[str, Any]) -> None:
-    """Merge `changes` into `target`; a later change to a key wins, None means delete."""
-    target.update(changes)
-
-
 def _bind(action: BaseAction, mailer: Mailer, env: Any) -> ActionFn:
     if isinstance(action, SendEmailAction):
         return _send_email(action, mailer, env.compile_expression(action.to))
@@ -55,7 +49,7 @@ def _bind(action: BaseAction, mailer: Mailer, env: Any) -> ActionFn:
         from service.python_actions import python_action
 
         return python_action(action, mailer)
-    return _unsupported(action)
+    raise TypeError(f"no implementation for action {action.action!r}")
 
 
 def _send_email(action: SendEmailAction, mailer: Mailer, to: Any) -> ActionFn:
@@ -83,8 +77,10 @@ def _send_email(action: SendEmailAction, mailer: Mailer, to: Any) -> ActionFn:
 
 def _set_metadata(action: SetMetadataAction) -> ActionFn:
     async def run(ctx: RunContext) -> str:
-        merge_metadata(ctx.result.user_metadata, action.user_metadata)
-        merge_metadata(ctx.result.app_metadata, action.app_metadata)
+        # Merged across the flow's actions: a later value for a key wins, None deletes it
+        # (the consumer of the metadata command applies None as a deletion).
+        ctx.result.user_metadata.update(action.user_metadata)
+        ctx.result.app_metadata.update(action.app_metadata)
         return "applied"
 
     return run
@@ -105,12 +101,5 @@ def _redirect(action: RedirectAction) -> ActionFn:
         ctx.result.decision = "redirect"
         ctx.result.redirect = {"url": action.url, "query": dict(action.query)}
         return "redirected"
-
-    return run
-
-
-def _unsupported(action: BaseAction) -> ActionFn:
-    async def run(ctx: RunContext) -> str:
-        raise ActionFailed("UnsupportedAction", f"action {action.action!r} is not available")
 
     return run

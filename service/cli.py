@@ -10,8 +10,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.config import Config, ConfigError, load_config, resolve_config_path
+
+if TYPE_CHECKING:  # the heavy imports wait until a command needs them
+    from service.app import Herald
 
 __all__ = ["main"]
 
@@ -126,10 +130,7 @@ def _fail_on_problems(config: Config) -> None:
         raise ConfigError(problems)
 
 
-async def _serve(herald: object, path: Path) -> None:
-    from service.app import Herald
-
-    assert isinstance(herald, Herald)
+async def _serve(herald: Herald, path: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -142,13 +143,10 @@ async def _serve(herald: object, path: Path) -> None:
         await herald.stop()
 
 
-async def _start(herald: object) -> None:
+async def _start(herald: Herald) -> None:
     """Start Herald, turning connection failures into one line."""
     from aiokafka.errors import KafkaConnectionError
 
-    from service.app import Herald
-
-    assert isinstance(herald, Herald)
     try:
         await herald.start()
     except KafkaConnectionError:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from service.config import PythonAction
 from service.flows import ActionFailed, ActionFn, RunContext
 from service.mail.mailer import EmailFailed, EmailRequest, Mailer
+from service.mail.render import template_context
 
 __all__ = ["ActionNotAllowed", "Api", "Obj", "load_handler", "python_action"]
 
@@ -124,21 +125,17 @@ class _Email:
     ) -> asyncio.Task[str]:
         """Send `template` (to `event.user.email` by default); await it or not — the action
         finishes only when every email it asked for was sent."""
-        view = self._ctx.view
-        user = view.get("user") or {}
+        context = template_context(self._ctx.view, self._ctx.secrets, data)
+        user = context["user"]
+        default_recipient = to is None  # the user's own address carries the user's name
         request = EmailRequest(
             event_id=self._ctx.event.id,
             action_id=f"{self._action.id}:{template}",
             template=str(template),
-            to=to if to is not None else user.get("email"),
-            to_name=user.get("name") or "" if to is None else "",
+            to=user.get("email") if default_recipient else to,
+            to_name=(user.get("name") or "") if default_recipient else "",
             locale=user.get("locale"),
-            context={
-                "event": view,
-                "user": user,
-                "secrets": self._ctx.secrets,
-                "data": dict(data or {}),
-            },
+            context=context,
         )
         task = asyncio.ensure_future(self._mailer.send(request))
         self.pending.append(task)

@@ -18,7 +18,7 @@ from typing import Any
 from service.config import Config, SendEmailAction
 from service.events import Event, MalformedEvent, validate_envelope
 from service.flows import event_view
-from service.mail.render import Rendered, Renderer, TemplateError
+from service.mail.render import Rendered, Renderer, TemplateError, template_context
 
 __all__ = [
     "Catalog",
@@ -138,8 +138,8 @@ class Catalog:
         """Render `template` as the `send_email` action would, for a user in `locale`."""
         event = _with_locale(sample.event, locale)
         view = event_view(event, self.config.secrets)
-        user = view.get("user") or {}
-        context = {"event": view, "user": user, "secrets": self.config.secrets, "data": {}}
+        context = template_context(view, self.config.secrets)
+        user = context["user"]
         recipient = _mailbox(user.get("name"), user.get("email"))
         email, files, error = None, {}, None
         try:
