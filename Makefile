@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/herald dev
 
-test: $(STAMP)
+test: $(STAMP)  ## the whole suite; starts its own Redis, brokers (embedded and real Kafka) and SMTP servers
+	tests/services/install
 	$(BIN)/python -m pytest -q
 
 docs: $(STAMP)  ## regenerate docs/asyncapi.json from config/herald.yaml
@@ -30,4 +31,4 @@ lint: $(STAMP)
 	$(BIN)/mypy service
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache  # .cache/ (the Kafka jars) stays: reruns need no network

@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded Kafka-protocol broker and a recording SMTP server."""
+"""Shared fixtures: the embedded Kafka-protocol broker, a recording SMTP server and the
+suite's own redis-server."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ import pytest
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
 from tests.harness import HeraldProcess, Kafka
+from tests.services.redis import RedisServer
 
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[EmbeddedKafka]:
     with EmbeddedKafka() as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A redis-server started for this session on a free port (DB 0, empty)."""
+    with RedisServer() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,13 @@
-"""Dedupe stores and rate limiters against their real backends (Redis at 127.0.0.1:6379).
+"""Dedupe stores and rate limiters against their real backends.
 
-Redis tests use DB 15 (or `HERALD_TEST_REDIS_URL`) and a key prefix of their own, deleted
-afterwards. Without a reachable Redis they are skipped, except in CI where they fail.
+Redis tests run against the suite's own redis-server (the `redis_url` fixture), each
+under a key prefix of its own that is deleted afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
 import time
 import uuid
@@ -19,7 +18,6 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from redis.exceptions import RedisError
 
 from service import ratelimit
 from service.dedupe import (
@@ -45,21 +43,13 @@ from service.ratelimit import (
 from service.retry import RetryPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("HERALD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 BACKENDS = ["memory", "sqlite", "redis"]
 
 
 @pytest.fixture
-def redis_prefix() -> Iterator[str]:
+def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix no other test uses; every key under it is deleted afterwards."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except (RedisError, OSError) as exc:
-        client.close()
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
     prefix = f"herald-test:{uuid.uuid4().hex}:"
     yield prefix
     keys = list(client.scan_iter(match=prefix + "*"))
@@ -74,6 +64,7 @@ async def make_store(
 ) -> AsyncIterator[Callable[..., DedupeStore]]:
     """Builds stores of one backend that share state (same file / same Redis prefix)."""
     prefix = request.getfixturevalue("redis_prefix") if request.param == "redis" else ""
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
     memory: list[MemoryDedupe] = []
     made: list[DedupeStore] = []
 
@@ -85,7 +76,7 @@ async def make_store(
         elif request.param == "sqlite":
             store = SqliteDedupe(tmp_path / "d.db", ttl_s, claim_ttl_s=claim_ttl_s)
         else:
-            store = RedisDedupe(REDIS_URL, ttl_s, claim_ttl_s=claim_ttl_s, prefix=prefix + "sent:")
+            store = RedisDedupe(url, ttl_s, claim_ttl_s=claim_ttl_s, prefix=prefix + "sent:")
         made.append(store)
         return store
 
@@ -146,9 +137,9 @@ async def test_sqlite_and_memory_records_expire(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_redis_is_shared_by_instances(redis_prefix: str) -> None:
-    a = RedisDedupe(REDIS_URL, 60, prefix=redis_prefix)
-    b = RedisDedupe(REDIS_URL, 60, prefix=redis_prefix)
+async def test_redis_is_shared_by_instances(redis_prefix: str, redis_url: str) -> None:
+    a = RedisDedupe(redis_url, 60, prefix=redis_prefix)
+    b = RedisDedupe(redis_url, 60, prefix=redis_prefix)
     try:
         assert await a.claim("k") and not await b.claim("k")
         await b.release("k")  # not b's claim: a no-op
@@ -163,9 +154,9 @@ async def test_redis_is_shared_by_instances(redis_prefix: str) -> None:
         await b.close()
 
 
-async def test_redis_release_spares_a_claim_taken_over(redis_prefix: str) -> None:
-    slow = RedisDedupe(REDIS_URL, 60, claim_ttl_s=0.05, prefix=redis_prefix)
-    other = RedisDedupe(REDIS_URL, 60, prefix=redis_prefix)
+async def test_redis_release_spares_a_claim_taken_over(redis_prefix: str, redis_url: str) -> None:
+    slow = RedisDedupe(redis_url, 60, claim_ttl_s=0.05, prefix=redis_prefix)
+    other = RedisDedupe(redis_url, 60, prefix=redis_prefix)
     try:
         assert await slow.claim("k")
         await asyncio.sleep(0.1)  # slow's lease ran out; other takes over
@@ -177,8 +168,8 @@ async def test_redis_release_spares_a_claim_taken_over(redis_prefix: str) -> Non
         await other.close()
 
 
-async def test_redis_keys_values_and_ttls(redis_prefix: str) -> None:
-    store = RedisDedupe(REDIS_URL, 3600, prefix=redis_prefix)
+async def test_redis_keys_values_and_ttls(redis_prefix: str, redis_url: str) -> None:
+    store = RedisDedupe(redis_url, 3600, prefix=redis_prefix)
     key = dedupe_key("evt-1", "notify", "ada@example.com")
     try:
         assert await store.claim(key)
@@ -217,7 +208,9 @@ async def test_open_dedupe_backends(tmp_path: Path) -> None:
         "redis": RedisDedupe,
     }
     for backend, kind in kinds.items():
-        store = open_dedupe(backend, path=str(tmp_path / "d.db"), url=REDIS_URL, ttl_s=60)
+        store = open_dedupe(
+            backend, path=str(tmp_path / "d.db"), url="redis://127.0.0.1:1/0", ttl_s=60
+        )
         assert isinstance(store, kind)
         await store.close()
     with pytest.raises(ValueError):
@@ -227,23 +220,32 @@ async def test_open_dedupe_backends(tmp_path: Path) -> None:
 # --- rate limiters --------------------------------------------------------------------
 
 
-def _limiter(backend: str, tmp_path: Path, prefix: str, limit: int, window: float) -> RateLimiter:
+def _limiter(
+    backend: tuple[str, str, str], tmp_path: Path, limit: int, window: float
+) -> RateLimiter:
+    """A limiter of `backend` (name, Redis URL, key prefix); same backend, same state."""
+    backend, url, prefix = backend
     if backend == "memory":
         return MemoryRateLimiter(limit, window)
     if backend == "sqlite":
         return SqliteRateLimiter(tmp_path / "d.db", limit, window)
-    return RedisRateLimiter(REDIS_URL, limit, window, prefix=prefix + "rate:")
+    return RedisRateLimiter(url, limit, window, prefix=prefix + "rate:")
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """A backend name and, for Redis, the test's key prefix."""
-    prefix = request.getfixturevalue("redis_prefix") if request.param == "redis" else ""
-    return request.param, prefix
+def backend(request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    """A backend name and, for Redis, the server's URL and the test's key prefix."""
+    return _backend(request, request.param)
 
 
-async def test_limit_counts_per_recipient(backend: tuple[str, str], tmp_path: Path) -> None:
-    limiter = _limiter(backend[0], tmp_path, backend[1], limit=2, window=60)
+def _backend(request: pytest.FixtureRequest, name: str) -> tuple[str, str, str]:
+    if name != "redis":
+        return name, "", ""
+    return name, request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+
+
+async def test_limit_counts_per_recipient(backend: tuple[str, str, str], tmp_path: Path) -> None:
+    limiter = _limiter(backend, tmp_path, limit=2, window=60)
     try:
         results = [await limiter.acquire("ada@example.com") for _ in range(5)]
         assert results == [True, True, False, False, False]
@@ -253,8 +255,8 @@ async def test_limit_counts_per_recipient(backend: tuple[str, str], tmp_path: Pa
         await limiter.close()
 
 
-async def test_limit_window_slides(backend: tuple[str, str], tmp_path: Path) -> None:
-    limiter = _limiter(backend[0], tmp_path, backend[1], limit=2, window=0.4)
+async def test_limit_window_slides(backend: tuple[str, str, str], tmp_path: Path) -> None:
+    limiter = _limiter(backend, tmp_path, limit=2, window=0.4)
     try:
         assert await limiter.acquire("ada@example.com")
         await asyncio.sleep(0.2)
@@ -271,9 +273,8 @@ async def test_limit_window_slides(backend: tuple[str, str], tmp_path: Path) -> 
 async def test_limit_is_shared_by_instances(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    prefix = request.getfixturevalue("redis_prefix") if kind == "redis" else ""
-    a = _limiter(kind, tmp_path, prefix, limit=3, window=60)
-    b = _limiter(kind, tmp_path, prefix, limit=3, window=60)
+    a = _limiter(_backend(request, kind), tmp_path, limit=3, window=60)
+    b = _limiter(_backend(request, kind), tmp_path, limit=3, window=60)
     try:
         got = [await x.acquire("ada@example.com") for x in (a, b, a, b, a)]
         assert got == [True, True, True, False, False]
@@ -282,8 +283,10 @@ async def test_limit_is_shared_by_instances(
         await b.close()
 
 
-async def test_redis_limit_keys_expire_and_hide_addresses(redis_prefix: str) -> None:
-    limiter = RedisRateLimiter(REDIS_URL, 5, 60, prefix=redis_prefix)
+async def test_redis_limit_keys_expire_and_hide_addresses(
+    redis_prefix: str, redis_url: str
+) -> None:
+    limiter = RedisRateLimiter(redis_url, 5, 60, prefix=redis_prefix)
     try:
         await limiter.acquire("ada@example.com")
         [name] = [k async for k in limiter.client.scan_iter(match=redis_prefix + "*")]
@@ -389,7 +392,9 @@ async def test_sqlite_files_of_an_earlier_version_still_work(tmp_path: Path) -> 
 
 
 def test_zero_means_unlimited() -> None:
-    limiter = open_rate_limiter("redis", path="", url=REDIS_URL, per_recipient=0, window_s=60)
+    limiter = open_rate_limiter(
+        "redis", path="", url="redis://127.0.0.1:1/0", per_recipient=0, window_s=60
+    )
     assert limiter is None
 
 
@@ -416,11 +421,11 @@ def _request(event_id: str, to: str) -> EmailRequest:
 
 
 async def test_mailer_skips_emails_over_the_limit(
-    backend: tuple[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    backend: tuple[str, str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     metrics, transport = Metrics(), _Recorder()
     dedupe = MemoryDedupe(60)
-    limiter = _limiter(backend[0], tmp_path, backend[1], limit=2, window=60)
+    limiter = _limiter(backend, tmp_path, limit=2, window=60)
     mailer = Mailer(
         renderer=Renderer(ROOT / "templates"),
         transport=transport,

@@ -161,12 +161,10 @@ async def test_sigkill_mid_stream_then_restart_delivers_all_with_bounded_duplica
 
 
 async def test_two_instances_with_redis_deliver_each_email_once(
-    kafka: EmbeddedKafka, client: Kafka, tmp_path: Path
+    kafka: EmbeddedKafka, client: Kafka, tmp_path: Path, redis_url: str
 ) -> None:
     with SlowSMTP() as server:
-        config = make_config(
-            kafka, server, tmp_path, dedupe={"backend": "redis", "url": "redis://127.0.0.1:6379/15"}
-        )
+        config = make_config(kafka, server, tmp_path, dedupe={"backend": "redis", "url": redis_url})
         path = config_file(config, tmp_path / "herald.yaml")
         first, second = HeraldProcess(path), HeraldProcess(path)
         await first.start()
