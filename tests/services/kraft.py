@@ -29,8 +29,8 @@ from typing import Self
 import pytest
 import trustme
 from confluent_kafka import KafkaException
-from cryptography.hazmat.primitives import serialization
 from confluent_kafka.admin import AdminClient, NewTopic
+from cryptography.hazmat.primitives import serialization
 
 from tests.services import free_port
 
@@ -40,7 +40,10 @@ ROOT = Path(__file__).resolve().parents[2]
 _POM = Path(__file__).with_name("pom.xml")
 _LOG4J = Path(__file__).with_name("log4j2.properties")
 _HEAP = os.environ.get("HERALD_TEST_KAFKA_HEAP", "320m")
-_HOW = "run tests/services/install (needs Java 17+ and Maven; apt-get install openjdk-17-jre-headless maven)"
+_HOW = (
+    "run tests/services/install (needs Java 17+ and Maven:"
+    " apt-get install openjdk-17-jre-headless maven)"
+)
 
 
 def kafka_version() -> str:
