@@ -103,6 +103,9 @@ def declare_subscriber(
         # fetch, so this bounds the latency from publish to processing.
         fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
         ack_policy=AckPolicy.MANUAL,
+        # `reply_to` is Herald's header for decisions (SPEC §6); FastStream would also
+        # publish the handler's return value there, an empty record the caller cannot parse.
+        no_reply=True,
         listener=listener,
         parser=_keep_raw_headers,
         decoder=_no_decode,

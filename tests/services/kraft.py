@@ -298,8 +298,7 @@ class KafkaCluster:
                     self._classpath,
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    cluster_id,
+                    f"--cluster-id={cluster_id}",  # an id may start with "-"
                     "-c",
                     str(node.properties),
                     *scram,
