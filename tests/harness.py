@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from service.app import Herald
 from service.config import Config, parse_config
@@ -136,6 +138,14 @@ class Kafka:
             value = orjson.dumps(value)
             key = key or value_key(value)
         await self.producer.send_and_wait(topic, value, key=key, headers=headers or [])
+
+    async def send_many(self, topic: str, values: list[dict[str, Any]]) -> None:
+        """Produce many events at once (keyed by user id), then wait for every ack."""
+        futures = []
+        for value in values:
+            raw = orjson.dumps(value)
+            futures.append(await self.producer.send(topic, raw, key=value_key(raw)))
+        await asyncio.gather(*futures)
 
     async def read(self, topic: str, count: int, timeout: float = 15) -> list[ConsumerRecord]:
         """Wait for `count` records on `topic` (all partitions, from the start)."""
@@ -262,6 +272,29 @@ def config_file(config: Config, path: Path) -> Path:
     doc["kafka"]["sasl_password"] = ""
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+class SlowSMTP(RecordingSMTP):
+    """A recording server that takes `delay` seconds per message, so work is in flight."""
+
+    delay = 0.01
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await asyncio.sleep(self.delay)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def per_event(server: RecordingSMTP) -> Counter[str]:
+    """Emails received per `X-Herald-Event-Id`."""
+    return Counter(str(m.message["X-Herald-Event-Id"]) for m in server.messages)
+
+
+def events(count: int) -> list[dict[str, Any]]:
+    """`count` password-change events of `count` different users."""
+    return [
+        load_example("post-change-password", user_id=f"user-{i}", email=f"u{i}@herald.test")
+        for i in range(count)
+    ]
 
 
 def metric(herald: Any, name: str, **labels: str) -> float:

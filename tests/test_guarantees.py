@@ -4,49 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
 from tests.harness import (
     HeraldProcess,
     Kafka,
+    SlowSMTP,
     config_file,
+    events,
     load_example,
     make_config,
     metric,
+    per_event,
     running,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
-
-
-class SlowSMTP(RecordingSMTP):
-    """A recording server that takes `delay` seconds per message, so work is in flight."""
-
-    delay = 0.01
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        await asyncio.sleep(self.delay)
-        return await super().handle_DATA(server, session, envelope)
-
-
-def per_event(server: RecordingSMTP) -> Counter[str]:
-    return Counter(str(m.message["X-Herald-Event-Id"]) for m in server.messages)
-
-
-def events(count: int) -> list[dict[str, Any]]:
-    return [
-        load_example("post-change-password", user_id=f"user-{i}", email=f"u{i}@herald.test")
-        for i in range(count)
-    ]
 
 
 async def test_same_event_three_times_sends_one_email(

@@ -116,4 +116,8 @@ async def test_a_decision_on_reply_to_and_a_metadata_command(
     assert command.key == user_id.encode()
     body = orjson.loads(command.value)
     assert body["type"] == "identity.user.metadata_update"
-    assert body["data"] == {"user_id": user_id, "user_metadata": {}, "app_metadata": {"is_new_user": True}}
+    assert body["data"] == {
+        "user_id": user_id,
+        "user_metadata": {},
+        "app_metadata": {"is_new_user": True},
+    }
