@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_operator_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`render`, `dlq replay` and `asyncapi`."""
+    """`render`, `dlq replay`, `topics create` and `asyncapi`."""
     render = commands.add_parser("render", help="print the MIME message a template makes")
     render.add_argument("template", metavar="TEMPLATE")
     render.add_argument("--event", required=True, metavar="FILE", help="event JSON file")
@@ -94,9 +94,36 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
     replay.add_argument("--limit", type=_positive, metavar="N", help="stop after N")
     replay.add_argument("--dry-run", action="store_true", help="list, produce nothing")
     replay.set_defaults(func=_dlq_replay)
+    _add_topics_command(commands)
     asyncapi = commands.add_parser("asyncapi", help="print the AsyncAPI document (JSON)")
     asyncapi.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
     asyncapi.set_defaults(func=_asyncapi)
+
+
+def _add_topics_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`topics create`."""
+    # --config after the subcommand too; SUPPRESS keeps one given before it.
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    topics = commands.add_parser("topics", help="Kafka topic tools", parents=[config])
+    topics_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="COMMAND")
+    create = topics_commands.add_parser(
+        "create", help="create the topics Herald writes, and missing input topics", parents=[config]
+    )
+    create.add_argument(
+        "--partitions",
+        type=_positive,
+        metavar="N",
+        help="for topics not sized by an input topic (default: the largest input, else 3)",
+    )
+    create.add_argument(
+        "--replication-factor",
+        type=_positive,
+        metavar="R",
+        help="replicas per partition (default: min(3, brokers))",
+    )
+    create.add_argument("--dry-run", action="store_true", help="list, create nothing")
+    create.set_defaults(func=_topics_create)
 
 
 def _positive(value: str) -> int:
@@ -243,6 +270,42 @@ def _dlq_replay(args: argparse.Namespace) -> None:
         print(f"dry run: would replay {result.replayed} dead letter(s) from {topic}{skipped}")
     else:
         print(f"replayed {result.replayed} dead letter(s) from {topic}{skipped}")
+
+
+def _topics_create(args: argparse.Namespace) -> None:
+    """One line per topic; a topic that could not be created makes the exit non-zero.
+
+    The embedded broker of `herald dev` cannot create topics: that exits 1 too, since the
+    topics asked for (with their settings) were not made, and a script that runs this
+    before `herald run` should stop at a broker that is not the one it meant.
+    """
+    from service.topics import Status, TopicsError, create_topics
+
+    config = _load(args)
+    _quiet_kafka_client()
+    try:
+        outcomes = asyncio.run(
+            create_topics(
+                config.kafka,
+                config.retry,
+                partitions=args.partitions,
+                replication_factor=args.replication_factor,
+                dry_run=args.dry_run,
+            )
+        )
+    except TopicsError as exc:
+        raise CliError(str(exc)) from None
+    failed: dict[str, list[str]] = {}  # one line per reason: RF 3 on one broker fails all
+    for outcome in outcomes:
+        if outcome.status is Status.FAILED:
+            failed.setdefault(outcome.error, []).append(outcome.spec.name)
+        else:
+            print(outcome.line())
+    lines = [f"cannot create {', '.join(names)}: {error}" for error, names in failed.items()]
+    for line in lines[:-1]:
+        print(f"herald: {line}", file=sys.stderr)
+    if lines:
+        raise CliError(lines[-1])
 
 
 def _asyncapi(args: argparse.Namespace) -> None:

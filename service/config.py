@@ -127,6 +127,8 @@ class KafkaConfig(_Model):
     commands_topic: str = Field(default="identity.commands", min_length=1)
     decisions_topic: str = Field(default="identity.decisions", min_length=1)
     dlq_suffix: str = Field(default=".dlq", min_length=1)
+    retry_suffix: str = Field(default=".retry", min_length=1)
+    status_topic: str | None = Field(default="identity.notifications", min_length=1)  # None: off
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         default=None, validate_default=True
@@ -135,7 +137,9 @@ class KafkaConfig(_Model):
     sasl_password: SecretStr = SecretStr("")
     ssl_cafile: str | None = None
 
-    _empty_is_none = field_validator("sasl_mechanism", "ssl_cafile", mode="before")(_none_if_empty)
+    _empty_is_none = field_validator("sasl_mechanism", "ssl_cafile", "status_topic", mode="before")(
+        _none_if_empty
+    )
 
     @field_validator("sasl_mechanism")
     @classmethod

@@ -8,7 +8,6 @@ Herald starts after its dependencies are healthy and the topics exist, and the
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from service.config import load_config
+from service.topics import Cluster, plan_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
@@ -94,14 +94,32 @@ def test_herald_environment_is_real_config_pointing_at_the_services(
     assert "8025:8025" in services["mailpit"]["ports"]
 
 
-def test_kafka_init_creates_every_topic_herald_uses(services: dict[str, Any]) -> None:
+def test_kafka_init_runs_herald_topics_create_against_the_broker(
+    services: dict[str, Any],
+) -> None:
+    init = services["kafka-init"]
+    assert (init["build"], init["image"]) == (".", services["herald"]["image"])
+    assert init["command"][:2] == ["topics", "create"]
+    assert "--dry-run" not in init["command"]
+    assert init["restart"] == "no"
+    config = load_config(ROOT / "config" / "herald.yaml", environ=environment(init))
+    assert config.kafka.bootstrap_servers == "kafka:9092"
+
+
+def test_kafka_init_plans_every_topic_herald_uses(services: dict[str, Any]) -> None:
     config = load_config(ROOT / "config" / "herald.yaml", environ=environment(services["herald"]))
-    script = " ".join(services["kafka-init"]["command"])
-    assert "kafka-topics.sh" in script and "--create" in script
-    words = set(shlex.split(script.replace(";", " ")))
+    init = load_config(ROOT / "config" / "herald.yaml", environ=environment(services["kafka-init"]))
+    planned = {t.name for t in plan_topics(init.kafka, init.retry, Cluster({}, brokers=1))}
     k = config.kafka
-    wanted = {*k.topics, *(t + k.dlq_suffix for t in k.topics), k.commands_topic, k.decisions_topic}
-    assert wanted <= words
+    wanted = {
+        *k.topics,
+        *(t + k.dlq_suffix for t in k.topics),
+        *(t + k.retry_suffix for t in k.topics),
+        k.commands_topic,
+        k.decisions_topic,
+        k.status_topic,
+    }
+    assert planned == wanted - {None}
 
 
 def dockerfile() -> list[tuple[str, str]]:
