@@ -1,11 +1,14 @@
 """Herald's process: the one module that wires FastStream, aiokafka, SMTP and HTTP together.
 
 `Herald` owns every resource; `start` opens them in order, `stop` closes them in reverse.
+The HTTP endpoints come up before Kafka: while Kafka refuses or cannot be reached, the
+connection is retried with backoff, `/healthz` answers and `/readyz` says 503.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,8 +20,8 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
-    stop_after_attempt,
     wait_random_exponential,
 )
 
@@ -31,7 +34,14 @@ from service.dedupe import DedupeStore, open_dedupe
 from service.flows import FlowEngine
 from service.formats import parser_for
 from service.http import HttpServer
-from service.kafka import declare_subscriber, new_broker, producer_options
+from service.kafka import (
+    KafkaUnavailable,
+    declare_subscriber,
+    diagnose,
+    new_broker,
+    producer_options,
+    quiet_bootstrap_errors,
+)
 from service.mail.mailer import Mailer
 from service.mail.render import Renderer
 from service.mail.transport import SmtpPool
@@ -47,7 +57,9 @@ log = logging.getLogger("herald")
 #: Sections whose change takes effect only after a restart (they own connections).
 _RESTART_SECTIONS = ("kafka", "smtp", "dedupe", "rate_limit", "http")
 _T = TypeVar("_T")
-_START_ATTEMPTS = 6
+_CONNECT_MAX_BACKOFF_S = 30.0
+#: While Kafka stays down for the same reason, it is logged again at most this often.
+_REPEAT_LOG_S = 60.0
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -94,11 +106,9 @@ class Herald:
             per_recipient=cfg.rate_limit.per_recipient,
             window_s=cfg.rate_limit.window_s,
         )
-        self.producer = AIOKafkaProducer(**producer_options(cfg.kafka))
-        await self.producer.start()
-        self.processor = self._processor(self.dedupe, self.producer)
         await self.http.start()
-        await self._start_consumer(self.processor)
+        log.info("http listening", extra={"http": self.http.address})
+        await self._connect_kafka(self.dedupe)
         log.info("herald started", extra={"topics": cfg.kafka.topics, "http": self.http.address})
 
     async def stop(self) -> None:
@@ -117,29 +127,38 @@ class Herald:
             await self.dedupe.close()
         log.info("herald stopped")
 
-    async def _start_consumer(self, processor: Processor) -> None:
-        """Join the group; a refused join (a broker may refuse one) is retried with backoff."""
+    async def _connect_kafka(self, dedupe: DedupeStore) -> None:
+        """Start the producer, then join the group. A failure (a refused login, an untrusted
+        certificate, a broker down or refusing the join) is retried with backoff until it
+        works, however long: readiness stays false meanwhile. A bad setting that is not
+        Kafka's answer (a missing `ssl_cafile`) raises at once."""
+        options = producer_options(self.config.kafka)
+        quiet_bootstrap_errors()
+        outage = _OutageLog(self.config.kafka.bootstrap_servers)
         async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(_START_ATTEMPTS),
-            wait=wait_random_exponential(multiplier=0.5, max=8),
-            retry=retry_if_exception_type(KafkaError),
-            reraise=True,
-            before_sleep=lambda state: log.warning(
-                "consumer start failed, retrying",
-                extra={
-                    "attempt": state.attempt_number,
-                    "error": repr(state.outcome.exception()) if state.outcome else None,
-                },
-            ),
+            wait=wait_random_exponential(multiplier=0.5, max=_CONNECT_MAX_BACKOFF_S),
+            retry=retry_if_exception_type(KafkaUnavailable),
+            before_sleep=outage.report,
         ):
             with attempt:
-                self.broker = self._broker(processor)
                 try:
-                    await self.broker.start()
-                except BaseException:
-                    await self.broker.stop()
-                    self.broker = None
-                    raise
+                    if self.producer is None:
+                        self.producer = await _started_producer(options)
+                    if self.processor is None:
+                        self.processor = self._processor(dedupe, self.producer)
+                    await self._start_consumer(self.processor)
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    raise await diagnose(self.config.kafka, exc) from exc
+        outage.recovered()
+
+    async def _start_consumer(self, processor: Processor) -> None:
+        self.broker = self._broker(processor)
+        try:
+            await self.broker.start()
+        except BaseException:
+            await self.broker.stop()
+            self.broker = None
+            raise
 
     async def ready(self) -> tuple[bool, dict[str, bool]]:
         """Readiness: partitions assigned and the SMTP server reachable."""
@@ -164,7 +183,8 @@ class Herald:
             log.error("reload rejected, keeping the running config", extra={"problems": problems})
             return False
         restart = [s for s in _RESTART_SECTIONS if getattr(cfg, s) != getattr(self.config, s)]
-        self._require(self.processor).engine = engine
+        if self.processor is not None:  # else Kafka is not connected yet: built from cfg
+            self.processor.engine = engine
         self.config = cfg
         log.info("config reloaded", extra={"restart_required_for": restart})
         return True
@@ -224,6 +244,53 @@ class Herald:
             await runner.handle(message)
 
         return broker
+
+
+async def _started_producer(options: dict[str, Any]) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(**options)
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # else aiokafka warns of an unclosed producer
+        raise
+    return producer
+
+
+class _OutageLog:
+    """Kafka connection failures, logged so that they do not flood the log: the first (and
+    each new reason) at error level, the same reason again at most every `_REPEAT_LOG_S`."""
+
+    def __init__(self, servers: str) -> None:
+        self.servers = servers
+        self.reason = ""
+        self.logged_at = 0.0
+        self.attempts = 0
+
+    def report(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        if not isinstance(error, KafkaUnavailable):
+            return
+        self.attempts = state.attempt_number
+        extra = {
+            "kafka_error": error.kind,
+            "bootstrap_servers": self.servers,
+            "attempt": state.attempt_number,
+            "retry_in_s": round(state.next_action.sleep, 1) if state.next_action else None,
+        }
+        now = time.monotonic()
+        if str(error) != self.reason:
+            level = logging.ERROR
+        elif now - self.logged_at >= _REPEAT_LOG_S:
+            level = logging.WARNING
+        else:
+            log.debug(str(error), extra=extra)
+            return
+        log.log(level, str(error), extra=extra)
+        self.reason, self.logged_at = str(error), now
+
+    def recovered(self) -> None:
+        if self.attempts:
+            log.info("kafka connected", extra={"after_attempts": self.attempts + 1})
 
 
 def _smtp_pool(config: Config) -> SmtpPool:

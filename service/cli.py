@@ -163,25 +163,26 @@ async def _serve(herald: Herald, path: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, herald.reload, path)
-    await _start(herald)
+    # Herald.start waits for Kafka as long as it takes; a signal may end that wait.
+    starting = asyncio.create_task(_start(herald))
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await stop.wait()
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a failure to start: its one line
+            await stopping
     finally:
+        for task in (starting, stopping):
+            task.cancel()
+        await asyncio.wait({starting, stopping})  # a cancelled start closes what it opened
         await herald.stop()
 
 
 async def _start(herald: Herald) -> None:
-    """Start Herald, turning connection failures into one line."""
-    from aiokafka.errors import KafkaConnectionError
-
+    """Start Herald, turning a failure to open a resource into one line."""
     try:
         await herald.start()
-    except KafkaConnectionError:
-        await herald.stop()
-        servers = herald.config.kafka.bootstrap_servers
-        raise CliError(f"cannot reach Kafka at {servers}") from None
     except Exception as exc:
-        await herald.stop()
         raise CliError(f"cannot start: {_describe(exc)}") from None
 
 

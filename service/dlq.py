@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
 from service.config import KafkaConfig
-from service.kafka import consumer_options, producer_options
+from service.kafka import consumer_options, diagnose, producer_options
 from service.logs import mask_addresses
 
 __all__ = ["ReplayResult", "describe", "dlq_topic_for", "replay"]
@@ -92,10 +92,8 @@ async def replay(
             await producer.start()
         await run.assign(dlq_topic)
         await run.drain(limit)
-    except KafkaConnectionError:
-        raise ConnectionError(f"cannot reach Kafka at {cfg.bootstrap_servers}") from None
-    except KafkaError as exc:
-        raise ConnectionError(f"Kafka at {cfg.bootstrap_servers}: {exc}") from None
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise await diagnose(cfg, exc) from None
     finally:
         await consumer.stop()
         if producer is not None:

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from service.config import KafkaConfig
-from service.kafka import producer_options
+from service.kafka import diagnose, producer_options
 
 __all__ = ["event_key", "publish_files", "read_events"]
 
@@ -44,8 +44,8 @@ async def publish_files(cfg: KafkaConfig, topic: str, paths: list[Path]) -> int:
         await producer.start()
         for event in events:
             await producer.send_and_wait(topic, orjson.dumps(event), key=event_key(event))
-    except KafkaError as exc:
-        raise ConnectionError(f"cannot reach Kafka at {cfg.bootstrap_servers}: {exc}") from None
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise await diagnose(cfg, exc) from None
     finally:
         await producer.stop()
     return len(events)
