@@ -42,7 +42,7 @@ from aiokafka.errors import (
 )
 
 from service.config import KafkaConfig, RetryConfig
-from service.kafka import consumer_options
+from service.kafka import consumer_options, diagnose
 
 __all__ = [
     "Cluster",
@@ -201,7 +201,10 @@ async def create_topics(
             **consumer_options(kafka), request_timeout_ms=_REQUEST_TIMEOUT_MS
         )
         try:
-            await admin.start()
+            try:
+                await admin.start()
+            except (KafkaConnectionError, OSError) as exc:
+                raise TopicsError(str(await diagnose(kafka, exc))) from None
             cluster, has_controller = await _read_cluster(admin)
             plan = plan_topics(
                 kafka, retry, cluster, partitions=partitions, replication_factor=replication_factor
@@ -222,9 +225,7 @@ def _kafka_errors(kafka: KafkaConfig) -> Iterator[None]:
     try:
         yield
     except KafkaConnectionError:
-        # aiokafka only logs why bootstrapping failed; a refused SASL login looks the same.
-        refused = " (or it refused the login)" if kafka.security_protocol.startswith("SASL") else ""
-        raise TopicsError(f"cannot reach Kafka at {servers}{refused}") from None
+        raise TopicsError(f"cannot reach Kafka at {servers}") from None
     except TimeoutError:
         raise TopicsError(f"Kafka at {servers} did not answer in time") from None
     except IncompatibleBrokerVersion:  # no CreateTopics in the broker's ApiVersions

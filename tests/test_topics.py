@@ -163,4 +163,4 @@ def test_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:
     bootstrap = f"127.0.0.1:{free_port()}"
     result = topics_create(write_config(tmp_path / "herald.yaml", bootstrap, "events"))
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == f"herald: cannot reach Kafka at {bootstrap}\n"
+    assert result.stderr == f"herald: cannot reach Kafka at {bootstrap}: connection refused\n"

@@ -222,14 +222,21 @@ async def test_run_stays_up_unready_with_one_clear_line(
     )
 
 
-@pytest.mark.parametrize("command", [["publish", "EVENT"], ["dlq", "replay"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["publish", "EVENT", "--topic", "TOPIC"],
+        ["dlq", "replay", "--topic", "TOPIC"],
+        ["topics", "create", "--dry-run"],
+    ],
+)
 async def test_cli_refused_is_one_line_and_non_zero(
     refused: tuple[Setup, str, str], command: list[str], tmp_path: Path
 ) -> None:
     setup, _, words = refused
     event = write_event(tmp_path, load_example("post-change-password"))
-    args = [str(event) if arg == "EVENT" else arg for arg in command]
-    code, out, err, took = await cli(setup, *args, "--topic", setup.topic)
+    names = {"EVENT": str(event), "TOPIC": setup.topic}
+    code, out, err, took = await cli(setup, *(names.get(arg, arg) for arg in command))
     assert code != 0
     assert err.count("\n") == 1 and err.startswith(f"herald: {words}"), err
     assert "Traceback" not in err and out == ""
