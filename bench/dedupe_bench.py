@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from service.dedupe import DedupeStore, MemoryDedupe, RedisDedupe, SqliteDedupe
+from service.dedupe import Claim, DedupeStore, MemoryDedupe, RedisDedupe, SqliteDedupe
 from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter, SqliteRateLimiter
 
 __all__ = ["main"]
@@ -40,7 +40,7 @@ async def _timed(n: int, op: Callable[[int], Awaitable[object]], concurrency: in
 async def _claim_record(store: DedupeStore, n: int, concurrency: int, tag: str) -> float:
     async def op(i: int) -> None:
         key = f"{tag}-{i}\x1fnotify\x1fuser{i}@example.com"
-        if await store.claim(key):
+        if await store.claim(key) is Claim.TAKEN:
             await store.record(key)
 
     return await _timed(n, op, concurrency)

@@ -1,13 +1,20 @@
 """Dedupe stores: "this email was sent" records keyed by (event id, action id, recipient).
 
 Claim-then-send, as arq's idempotent `enqueue_job(_job_id=…)`: `claim` reserves a key
-(False if the email was already sent or anyone holds a claim on it), `record` makes
-"sent" durable for `ttl_s` after the SMTP server accepted the message, `release` gives
-an unsent key back so a redelivered or replayed event can still be delivered.
+and says what it found (`Claim.TAKEN`: ours now; `Claim.SENT`: already sent;
+`Claim.HELD`: another sender holds it and has not finished), `record` makes "sent"
+durable for `ttl_s` after the SMTP server accepted the message, `release` gives an
+unsent key back so a redelivered or replayed event can still be delivered.
 
-A claim is a *lease* of `claim_ttl_s` (default 5 min): if its holder dies or hangs
-between claim and record, the key becomes claimable again and another task or instance
-sends the email. Backends:
+`HELD` is not "sent": the holder may still fail and release, or die. The caller waits
+for the holder's outcome instead of counting the email as a duplicate.
+
+A claim is a *lease*: if its holder dies between claim and record, the key becomes
+claimable again and another task or instance sends the email. In-process leases
+(memory, sqlite) last `claim_ttl_s` (default 5 min; a dead process takes its leases with
+it). Redis leases are short (`REDIS_CLAIM_TTL_S`, 30 s) and renewed every third of that
+while their holder lives, so the partitions of a killed instance are not held back for
+long. Backends:
 
 - `memory` — one process, forgets on exit (`herald dev`, tests).
 - `sqlite` — one process; claims live in the process, "sent" records in a WAL file. A
@@ -16,9 +23,9 @@ sends the email. Backends:
   sqlite rate limiter of a process share one connection to the file (`SqliteFile`):
   one page cache, and the rate limiter's rows ride along in the next record's
   transaction instead of paying a commit of their own.
-- `redis` — shared by every instance: `SET NX PX` claims, `SET EX` records, a Lua
-  compare-and-delete release. Keys are `herald:sent:<sha256 of the key>`, so no address
-  is stored in clear.
+- `redis` — shared by every instance: `SET NX PX` claims (one Lua call that also says
+  sent or held), `SET EX` records, Lua compare-and-delete release and compare-and-renew.
+  Keys are `herald:sent:<sha256 of the key>`, so no address is stored in clear.
 
 `open()` is the startup check (a wrong Redis URL fails there with one line); any later
 backend failure raises `DedupeUnavailable`.
@@ -27,6 +34,7 @@ backend failure raises `DedupeUnavailable`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -36,6 +44,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable
+from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -49,6 +58,8 @@ from redis.retry import Retry
 
 __all__ = [
     "CLAIM_TTL_S",
+    "REDIS_CLAIM_TTL_S",
+    "Claim",
     "DedupeStore",
     "DedupeUnavailable",
     "MemoryDedupe",
@@ -62,8 +73,10 @@ __all__ = [
     "safe_url",
 ]
 
-#: How long a claim holds without a record: longer than one email's send with retries.
+#: How long an in-process claim holds without a record: longer than one email's send.
 CLAIM_TTL_S = 300.0
+#: A Redis claim's lease; its holder renews it every third of this while it lives.
+REDIS_CLAIM_TTL_S = 30.0
 _PURGE_EVERY_S = 3600.0
 _T = TypeVar("_T")
 _REDIS_TIMEOUT_S = 5.0
@@ -76,7 +89,38 @@ return 0
 """
 
 
+# Claim in one round trip: take the key, or say whether it was sent or is held.
+_CLAIM_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+if redis.call('GET', KEYS[1]) == 'sent' then
+  return 2
+end
+return 3
+"""
+# Compare-and-renew: extend only the leases that are still ours.
+_RENEW_LUA = """
+local renewed = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+_RENEW_CHUNK = 500
+
 log = logging.getLogger(__name__)
+
+
+class Claim(StrEnum):
+    """What `claim` found."""
+
+    TAKEN = "taken"  # the key is ours: send, then record or release
+    SENT = "sent"  # already sent: a duplicate
+    HELD = "held"  # another sender holds it and has not finished: wait for its outcome
 
 
 class DedupeUnavailable(ConnectionError):
@@ -94,8 +138,8 @@ class DedupeStore(Protocol):
     async def open(self) -> None:
         """Check the backend is usable; raise DedupeUnavailable with one line if not."""
 
-    async def claim(self, key: str) -> bool:
-        """Reserve `key`; False if it was sent or is claimed by anyone."""
+    async def claim(self, key: str) -> Claim:
+        """Reserve `key`, or say that it was sent or is held by another sender."""
 
     async def record(self, key: str) -> None:
         """Remember `key` as sent for `ttl_s`, durably, and drop our claim."""
@@ -137,11 +181,11 @@ class MemoryDedupe:
     async def open(self) -> None:
         """Nothing to check."""
 
-    async def claim(self, key: str) -> bool:
-        """Reserve `key`; False if it was sent or is claimed."""
+    async def claim(self, key: str) -> Claim:
+        """Reserve `key`, or say that it was sent or is claimed."""
         if self._sent.get(key, 0.0) > time.time():
-            return False
-        return self._claims.take(key)
+            return Claim.SENT
+        return Claim.TAKEN if self._claims.take(key) else Claim.HELD
 
     async def record(self, key: str) -> None:
         """Remember `key` as sent."""
@@ -333,12 +377,14 @@ class SqliteDedupe:
     async def open(self) -> None:
         """The file was opened (and created) by the constructor."""
 
-    async def claim(self, key: str) -> bool:
-        """Reserve `key`; False if it was sent or is claimed in this process."""
+    async def claim(self, key: str) -> Claim:
+        """Reserve `key`, or say that it was sent or is claimed in this process."""
         row = self._db.execute(
             "SELECT 1 FROM sent WHERE key = ? AND expires_at > ?", (key, time.time())
         ).fetchone()
-        return row is None and self._claims.take(key)
+        if row is not None:
+            return Claim.SENT
+        return Claim.TAKEN if self._claims.take(key) else Claim.HELD
 
     async def record(self, key: str) -> None:
         """Commit `key` as sent before returning: one commit per email, never batched."""
@@ -370,7 +416,7 @@ class RedisDedupe:
         url: str,
         ttl_s: float,
         *,
-        claim_ttl_s: float = CLAIM_TTL_S,
+        claim_ttl_s: float = REDIS_CLAIM_TTL_S,
         prefix: str = "herald:sent:",
     ) -> None:
         self.url = url
@@ -380,23 +426,54 @@ class RedisDedupe:
         #: Written into claims, so an operator can see who holds one.
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.client = redis_client(url)
+        self._claim = self.client.register_script(_CLAIM_LUA)
         self._release = self.client.register_script(_RELEASE_LUA)
+        self._renew = self.client.register_script(_RENEW_LUA)
         self._tokens: dict[str, str] = {}
         self._serial = itertools.count()
+        self._renewer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        """PING the server: a wrong URL or a server that is down fails here."""
+        """PING the server (a wrong URL or a server that is down fails here), then keep
+        this instance's claims alive while it runs."""
         await self._call("connect to", self.client.ping())
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_forever(), name="claim-renewal")
 
-    async def claim(self, key: str) -> bool:
-        """`SET key claimed:<instance> NX PX claim_ttl`: False if the key exists."""
+    async def claim(self, key: str) -> Claim:
+        """`SET key claimed:<instance> NX PX claim_ttl`, else whether it is sent or held."""
         token = f"claimed:{self.instance_id}:{next(self._serial)}"
-        won = await self._call(
-            "claim in", self.client.set(self._key(key), token, nx=True, px=self.claim_ttl_ms)
+        found = await self._call(
+            "claim in", self._claim(keys=[self._key(key)], args=[token, self.claim_ttl_ms])
         )
-        if won:
+        if found == 1:
             self._tokens[key] = token
-        return bool(won)
+            return Claim.TAKEN
+        return Claim.SENT if found == 2 else Claim.HELD
+
+    async def renew(self) -> int:
+        """Extend the lease of every claim this instance still holds; how many were."""
+        held = list(self._tokens.items())
+        renewed = 0
+        for start in range(0, len(held), _RENEW_CHUNK):
+            chunk = held[start : start + _RENEW_CHUNK]
+            renewed += await self._call(
+                "renew claims in",
+                self._renew(
+                    keys=[self._key(k) for k, _ in chunk],
+                    args=[self.claim_ttl_ms, *(token for _, token in chunk)],
+                ),
+            )
+        return renewed
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.claim_ttl_ms / 3000)
+            try:
+                await self.renew()
+            except DedupeUnavailable as exc:
+                # The leases may lapse; a record written later still wins (SET, not NX).
+                log.warning("claim renewal failed", extra={"error": str(exc)})
 
     async def record(self, key: str) -> None:
         """`SET key sent EX ttl_s`, whoever holds the claim."""
@@ -410,7 +487,12 @@ class RedisDedupe:
             await self._call("release in", self._release(keys=[self._key(key)], args=[token]))
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Stop renewing claims and close the connection pool."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
         await self.client.aclose()
 
     def _key(self, key: str) -> str:

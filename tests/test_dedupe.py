@@ -21,6 +21,7 @@ import redis
 
 from service import ratelimit
 from service.dedupe import (
+    Claim,
     DedupeStore,
     DedupeUnavailable,
     MemoryDedupe,
@@ -96,44 +97,44 @@ def test_dedupe_key_ignores_address_case() -> None:
 async def test_claim_record_release(make_store: Callable[..., DedupeStore]) -> None:
     store = make_store()
     await store.open()
-    assert await store.claim("k")
-    assert not await store.claim("k")  # in flight
+    assert await store.claim("k") is Claim.TAKEN
+    assert await store.claim("k") is Claim.HELD  # in flight, not sent
     await store.release("k")
-    assert await store.claim("k")  # a failed send can be retried
+    assert await store.claim("k") is Claim.TAKEN  # a failed send can be retried
     await store.record("k")
-    assert not await store.claim("k")
+    assert await store.claim("k") is Claim.SENT
     await store.release("k")  # release never removes a sent record
-    assert not await store.claim("k")
+    assert await store.claim("k") is Claim.SENT
 
 
 async def test_concurrent_claims_have_one_winner(make_store: Callable[..., DedupeStore]) -> None:
     store = make_store()
     wins = await asyncio.gather(*(store.claim("race") for _ in range(20)))
-    assert wins.count(True) == 1
+    assert wins.count(Claim.TAKEN) == 1 and wins.count(Claim.HELD) == 19
 
 
 async def test_a_crashed_holders_claim_expires(make_store: Callable[..., DedupeStore]) -> None:
     store = make_store(claim_ttl_s=0.05)
-    assert await store.claim("k")  # ... and its holder never records nor releases
+    assert await store.claim("k") is Claim.TAKEN  # ... its holder never records nor releases
     await asyncio.sleep(0.1)
-    assert await store.claim("k")
+    assert await store.claim("k") is Claim.TAKEN
 
 
 async def test_sqlite_record_survives_reopen(tmp_path: Path) -> None:
     store = SqliteDedupe(tmp_path / "d.db", ttl_s=60)
-    assert await store.claim("k")
+    assert await store.claim("k") is Claim.TAKEN
     await store.record("k")
     await store.close()
     reopened = SqliteDedupe(tmp_path / "d.db", ttl_s=60)
-    assert not await reopened.claim("k")
-    assert await reopened.claim("other")
+    assert await reopened.claim("k") is Claim.SENT
+    assert await reopened.claim("other") is Claim.TAKEN
     await reopened.close()
 
 
 async def test_sqlite_and_memory_records_expire(tmp_path: Path) -> None:
     for store in (SqliteDedupe(tmp_path / "d.db", ttl_s=-1), MemoryDedupe(ttl_s=-1)):
         await store.record("k")
-        assert await store.claim("k")
+        assert await store.claim("k") is Claim.TAKEN
         await store.close()
 
 
@@ -141,14 +142,15 @@ async def test_redis_is_shared_by_instances(redis_prefix: str, redis_url: str) -
     a = RedisDedupe(redis_url, 60, prefix=redis_prefix)
     b = RedisDedupe(redis_url, 60, prefix=redis_prefix)
     try:
-        assert await a.claim("k") and not await b.claim("k")
+        assert await a.claim("k") is Claim.TAKEN
+        assert await b.claim("k") is Claim.HELD
         await b.release("k")  # not b's claim: a no-op
-        assert not await b.claim("k")
+        assert await b.claim("k") is Claim.HELD
         await a.record("k")
-        assert not await b.claim("k") and not await a.claim("k")
-        assert await a.claim("k2")
+        assert await b.claim("k") is Claim.SENT and await a.claim("k") is Claim.SENT
+        assert await a.claim("k2") is Claim.TAKEN
         await a.release("k2")
-        assert await b.claim("k2")
+        assert await b.claim("k2") is Claim.TAKEN
     finally:
         await a.close()
         await b.close()
@@ -158,11 +160,11 @@ async def test_redis_release_spares_a_claim_taken_over(redis_prefix: str, redis_
     slow = RedisDedupe(redis_url, 60, claim_ttl_s=0.05, prefix=redis_prefix)
     other = RedisDedupe(redis_url, 60, prefix=redis_prefix)
     try:
-        assert await slow.claim("k")
+        assert await slow.claim("k") is Claim.TAKEN
         await asyncio.sleep(0.1)  # slow's lease ran out; other takes over
-        assert await other.claim("k")
+        assert await other.claim("k") is Claim.TAKEN
         await slow.release("k")
-        assert not await slow.claim("k")  # other's claim is still there
+        assert await slow.claim("k") is Claim.HELD  # other's claim is still there
     finally:
         await slow.close()
         await other.close()
@@ -172,7 +174,7 @@ async def test_redis_keys_values_and_ttls(redis_prefix: str, redis_url: str) -> 
     store = RedisDedupe(redis_url, 3600, prefix=redis_prefix)
     key = dedupe_key("evt-1", "notify", "ada@example.com")
     try:
-        assert await store.claim(key)
+        assert await store.claim(key) is Claim.TAKEN
         [name] = [k async for k in store.client.scan_iter(match=redis_prefix + "*")]
         # The random prefix and the hex digest may contain "ada" by chance; the address may not.
         assert b"ada@example.com" not in name and b"example" not in name
@@ -316,7 +318,7 @@ async def test_sqlite_record_commits_the_rate_rows(tmp_path: Path) -> None:
     limiter = SqliteRateLimiter(tmp_path / "d.db", 5, 60)
     reader = sqlite3.connect(tmp_path / "d.db")
     try:
-        assert await store.claim("k")
+        assert await store.claim("k") is Claim.TAKEN
         assert await limiter.acquire("ada@example.com")
         await store.record("k")
         # Another connection (as after a kill) sees the record and the count, both
@@ -351,7 +353,7 @@ async def test_sqlite_checkpoints_off_the_event_loop(tmp_path: Path) -> None:
     store = SqliteDedupe(path, 60)
     assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
     for i in range(300):
-        assert await store.claim(f"key-{i:04d}-" + "x" * 40)
+        assert await store.claim(f"key-{i:04d}-" + "x" * 40) is Claim.TAKEN
         await store.record(f"key-{i:04d}-" + "x" * 40)
     # Copied into the database file by the checkpoint thread, not by a commit.
     for _ in range(100):
@@ -380,12 +382,12 @@ async def test_sqlite_files_of_an_earlier_version_still_work(tmp_path: Path) -> 
     store = SqliteDedupe(path, 60)
     limiter = SqliteRateLimiter(path, 2, 60)
     try:
-        assert not await store.claim("old")
-        assert await store.claim("new")
+        assert await store.claim("old") is Claim.SENT
+        assert await store.claim("new") is Claim.TAKEN
         assert await limiter.acquire("ada@example.com")
         assert not await limiter.acquire("ada@example.com")
         await store.record("new")
-        assert not await store.claim("new")
+        assert await store.claim("new") is Claim.SENT
     finally:
         await limiter.close()
         await store.close()
@@ -444,7 +446,61 @@ async def test_mailer_skips_emails_over_the_limit(
     assert transport.sent.count(["ada@herald.test"]) == 2
     limited = metrics.emails.labels("password_changed", "rate_limited")._value.get()
     assert limited == 3
-    assert await dedupe.claim(dedupe_key("e4", "notify", "ada@herald.test"))  # released
+    released = await dedupe.claim(dedupe_key("e4", "notify", "ada@herald.test"))
+    assert released is Claim.TAKEN
     lines = [r for r in caplog.records if getattr(r, "outcome", None) == "rate_limited"]
     assert len(lines) == 3 and lines[0].recipient == "a***@herald.test"
     assert "ada@herald.test" not in caplog.text
+
+
+# --- a claim held by another sender -----------------------------------------------------
+
+
+async def test_redis_holder_renews_its_claim_and_a_dead_ones_lapses(
+    redis_prefix: str, redis_url: str
+) -> None:
+    holder = RedisDedupe(redis_url, 60, claim_ttl_s=0.3, prefix=redis_prefix)
+    other = RedisDedupe(redis_url, 60, prefix=redis_prefix)
+    await holder.open()  # starts renewing its claims every 0.1 s
+    try:
+        assert await holder.claim("k") is Claim.TAKEN
+        await asyncio.sleep(0.7)  # more than two leases: alive, so still held
+        assert await other.claim("k") is Claim.HELD
+    finally:
+        await holder.close()  # as if it died: nobody renews any more
+    try:
+        await asyncio.sleep(0.4)
+        assert await other.claim("k") is Claim.TAKEN
+    finally:
+        await other.close()
+
+
+def _mailer(dedupe: DedupeStore, transport: _Recorder) -> Mailer:
+    return Mailer(
+        renderer=Renderer(ROOT / "templates"),
+        transport=transport,
+        dedupe=dedupe,
+        retry=RetryPolicy(1, 0, 0),
+        default_sender="Herald <no-reply@herald.test>",
+        metrics=Metrics(),
+    )
+
+
+@pytest.mark.parametrize("outcome", ["recorded", "released"])
+async def test_mailer_waits_for_a_claim_held_elsewhere(outcome: str) -> None:
+    """A claim held by another sender is neither sent over nor counted as sent: the
+    mailer waits; a record makes it a duplicate, a release makes it this mailer's."""
+    dedupe, transport = MemoryDedupe(60), _Recorder()
+    key = dedupe_key("e1", "notify", "ada@herald.test")
+    assert await dedupe.claim(key) is Claim.TAKEN  # the other sender, mid-send
+    sending = asyncio.create_task(
+        _mailer(dedupe, transport).send(_request("e1", "ada@herald.test"))
+    )
+    await asyncio.sleep(0.3)
+    assert not sending.done() and transport.sent == []
+    await (dedupe.record(key) if outcome == "recorded" else dedupe.release(key))
+    result = await asyncio.wait_for(sending, 5)
+    if outcome == "recorded":
+        assert (result, transport.sent) == ("duplicate", [])
+    else:
+        assert (result, transport.sent) == ("sent", [["ada@herald.test"]])

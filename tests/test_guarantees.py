@@ -1,4 +1,6 @@
-"""SPEC §7 under faults: redelivery, SMTP outage, SIGTERM, SIGKILL, rate limit, scale-out."""
+"""SPEC §7 under faults: redelivery, SMTP outage, SIGTERM, SIGKILL, rate limit. (Several
+instances in one group: tests/real_kafka/test_scale_out.py; the embedded broker's group
+joins are unreliable with more than one member.)"""
 
 from __future__ import annotations
 
@@ -139,29 +141,6 @@ async def test_sigkill_mid_stream_then_restart_delivers_all_with_bounded_duplica
     assert duplicates <= config.smtp.pool_size
 
 
-async def test_two_instances_with_redis_deliver_each_email_once(
-    kafka: EmbeddedKafka, client: Kafka, tmp_path: Path, redis_url: str
-) -> None:
-    with SlowSMTP() as server:
-        config = make_config(kafka, server, tmp_path, dedupe={"backend": "redis", "url": redis_url})
-        path = config_file(config, tmp_path / "herald.yaml")
-        first, second = HeraldProcess(path), HeraldProcess(path)
-        await first.start()
-        await second.start(timeout=45)
-        await wait_until(lambda: _revoked(first), "the first instance gave up partitions", 30)
-        batch = events(200)
-        for event in batch:
-            await client.send(config.kafka.topics[0], event)
-        await server.wait_for(200, timeout=60)
-        await asyncio.sleep(0.5)
-        assert await first.stop() == 0
-        assert await second.stop() == 0
-        counts = per_event(server)
-    assert set(counts) == {e["id"] for e in batch}
-    assert max(counts.values()) == 1
-    assert first.logged("event processed") and second.logged("event processed")
-
-
 async def _wait_delivered(server: RecordingSMTP, count: int, herald: HeraldProcess) -> None:
     try:
         await server.wait_for(count, timeout=60)
@@ -170,8 +149,3 @@ async def _wait_delivered(server: RecordingSMTP, count: int, herald: HeraldProce
         raise AssertionError(
             f"{got} of {count} delivered; log tail: {herald.lines[-15:]}"
         ) from None
-
-
-def _revoked(herald: HeraldProcess) -> bool:
-    assigned = herald.logged("partitions assigned")
-    return bool(assigned) and assigned[-1].get("partitions", 0) < 4

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.dedupe import DedupeStore, DedupeUnavailable, dedupe_key
+from service.dedupe import Claim, DedupeStore, DedupeUnavailable, dedupe_key
 from service.flows import ConsumptionPaused, LabelledCounter
 from service.logs import mask_address
 from service.mail.message import InvalidAddress, Mailbox, build_message, parse_mailbox
@@ -20,6 +21,8 @@ from service.retry import RetryPolicy
 __all__ = ["EmailFailed", "EmailRequest", "Mailer", "SmtpUnavailable", "Transport"]
 
 log = logging.getLogger(__name__)
+#: How often a claim held by another sender is looked at again (first, then at most).
+_HELD_POLL_S = (0.05, 1.0)
 
 
 class Transport(Protocol):
@@ -88,7 +91,10 @@ class Mailer:
         raises EmailFailed."""
         recipient = _mailbox(request.to, request.to_name, "recipient")
         key = dedupe_key(request.event_id, request.action_id, recipient.address)
-        if not await self._claim(key):
+        claim = await self._claim(key)
+        if claim is Claim.HELD:
+            claim = await self._await_holder(key, request)
+        if claim is Claim.SENT:
             self._emails.inc(request.template, "duplicate")
             return "duplicate"
         try:
@@ -108,7 +114,23 @@ class Mailer:
         self._emails.inc(request.template, "sent")
         return "sent"
 
-    async def _claim(self, key: str) -> bool:
+    async def _await_holder(self, key: str, request: EmailRequest) -> Claim:
+        """Another sender holds the claim (an instance that lost this partition in a
+        rebalance, or died holding it): its email is not sent until it records it. Wait
+        for its outcome (recorded: a duplicate; released, or its lease lapsed: ours now)
+        rather than skip an email that may never go out. Holding nothing, this wait is
+        safe to cancel."""
+        log.info(
+            "email claimed by another sender, waiting for its outcome",
+            extra={"event_id": request.event_id, "action": request.action_id},
+        )
+        delay, most = _HELD_POLL_S
+        while (claim := await self._claim(key)) is Claim.HELD:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, most)
+        return claim
+
+    async def _claim(self, key: str) -> Claim:
         try:
             return await self.dedupe.claim(key)
         except DedupeUnavailable as exc:

@@ -9,6 +9,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.harness import (
     HeraldProcess,
     Kafka,
@@ -30,6 +32,15 @@ def holds_partitions(herald: HeraldProcess) -> bool:
     return bool(assigned) and assigned[-1].get("partitions", 0) > 0
 
 
+def tails(herds: list[HeraldProcess]) -> str:
+    """The last lines above debug of each instance, for a failure message."""
+    return "; ".join(
+        f"instance {i}: {[line for line in h.lines if line.get('level') != 'debug'][-8:]}"
+        for i, h in enumerate(herds)
+    )
+
+
+@pytest.mark.timeout(240)
 async def test_three_instances_a_kill_and_a_fourth_deliver_every_email(
     real_kafka: KafkaCluster, tmp_path: Path, redis_url: str
 ) -> None:
@@ -67,13 +78,17 @@ async def test_three_instances_a_kill_and_a_fourth_deliver_every_email(
         await fourth.start(timeout=90)
         survivors = [herds[0], herds[2], fourth]
 
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 150
         while len(per_event(server)) < EVENTS:
             got = len(per_event(server))
-            assert time.monotonic() < deadline, f"{got} of {EVENTS} delivered"
+            assert time.monotonic() < deadline, f"{got} of {EVENTS} delivered; " + tails(survivors)
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)  # late duplicates, if any, arrive before the count
         final_spread = [h.logged("partitions assigned")[-1]["partitions"] for h in survivors]
+        waited = sum(
+            len(h.logged("email claimed by another sender, waiting for its outcome"))
+            for h in survivors
+        )
         for herald in survivors:
             assert await herald.stop() == 0
         counts = per_event(server)
@@ -81,7 +96,8 @@ async def test_three_instances_a_kill_and_a_fourth_deliver_every_email(
     print(
         f"scale-out: {len(counts)} emails of {EVENTS} over {PARTITIONS} partitions, "
         f"{duplicates} duplicates; partitions per instance {first_spread} → "
-        f"{final_spread} after a SIGKILL at {at_kill} emails and a fourth instance"
+        f"{final_spread} after a SIGKILL at {at_kill} emails and a fourth instance; "
+        f"{waited} emails waited for a claim the killed instance held"
     )
     assert set(counts) == {e["id"] for e in batch}
     assert all(first_spread) and sum(first_spread) == PARTITIONS
@@ -89,3 +105,33 @@ async def test_three_instances_a_kill_and_a_fourth_deliver_every_email(
     # Only the killed instance's sends in flight (SMTP accepted, record not written) repeat.
     assert duplicates <= config.smtp.pool_size
     assert all(h.logged("event processed") for h in survivors)
+
+
+async def test_two_instances_share_the_partitions_and_send_each_email_once(
+    real_kafka: KafkaCluster, tmp_path: Path, redis_url: str
+) -> None:
+    """No kill: a rebalance alone (the second instance joining) sends nothing twice."""
+    with SlowSMTP() as server:
+        config = make_config(  # type: ignore[arg-type]
+            real_kafka, server, tmp_path, dedupe={"backend": "redis", "url": redis_url}
+        )
+        path = config_file(config, tmp_path / "herald.yaml")
+        first, second = HeraldProcess(path), HeraldProcess(path)
+        await first.start(timeout=60)
+        batch = events(400)
+        client = Kafka(real_kafka.bootstrap)
+        await client.start()
+        await client.send_many(config.kafka.topics[0], batch[:200])
+        await second.start(timeout=60)  # joins mid-stream: a rebalance under load
+        await client.send_many(config.kafka.topics[0], batch[200:])
+        await client.stop()
+        await server.wait_for(len(batch), timeout=60)
+        await asyncio.sleep(0.5)
+        spread = [h.logged("partitions assigned")[-1]["partitions"] for h in (first, second)]
+        assert await first.stop() == 0
+        assert await second.stop() == 0
+        counts = per_event(server)
+    assert set(counts) == {e["id"] for e in batch}
+    assert max(counts.values()) == 1
+    assert spread == [2, 2]
+    assert first.logged("event processed") and second.logged("event processed")
