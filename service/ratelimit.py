@@ -5,11 +5,15 @@ to the same address in the last `window_s` seconds. Unlike a fixed window it nev
 twice the limit through around a window boundary, and it stays cheap because at most
 `per_recipient` timestamps are kept per address.
 
-What counts: `acquire` is called once per email that is about to be attempted (after the
-dedupe claim said "not yet sent") and counts it when it returns True. Duplicates and
-rate-limited emails do not count; a send that then fails *does* (the recipient or the
-SMTP server may still have been hit, and a flood of failing events must not bypass the
-limit), and a later redelivery of that email counts again.
+What counts: emails handed to the SMTP server, not attempts. `acquire` is called once per
+email that is about to be handed over (after the dedupe claim said "not yet sent"); it
+counts the email and returns a token, or None when the window is full. Duplicates and
+rate-limited emails do not count. When the server did not accept the email (a transient
+failure, an outage), the caller gives the count back with `refund(address, token)`, so a
+retried or redelivered email is counted once, when it finally goes out. A permanent
+rejection (5xx) keeps its count: the server was reached, and a flood of failing events
+must not bypass the limit. A refund of a token that expired or was already given back is
+a no-op.
 
 The counters live in the dedupe backend, so instances that share a Redis share the limit:
 
@@ -21,10 +25,13 @@ The counters live in the dedupe backend, so instances that share a Redis share t
   from `rate_log` when the address is first seen, if the file may hold rows for it (rows
   from before this process started, or of an address evicted from memory). A counted
   email's row is written by the dedupe record's transaction (one commit per sent email
-  carries both, see `SqliteFile`); rows of sends that failed go with the next record,
-  or in a commit of their own once they are a second old, or at close. So a process
-  kill can forget the count of the emails in flight (at most the last second's failed
-  ones), never more. Instances on one host do not share the count: use `redis` there.
+  carries both, see `SqliteFile`); rows of emails refused for good go with the next
+  record, or in a commit of their own once they are a second old, or at close. A
+  refund takes its row out of the pending ones (no commit) or, once written, deletes
+  it; a count's time is unique per address (nudged to the next float when two meet),
+  so a token names one row. A process kill can forget the count of the emails in
+  flight (at most the last second's refused ones), never more; a refund lost with the
+  process leaves its count. Instances on one host do not share the count: use `redis`.
   Memory is bounded: past `_WINDOWS_MAX` addresses, the pending rows are written and
   the older half is dropped from memory (and loaded again from the file when needed).
 - `redis` — one sorted set per address, `herald:rate:<sha256(address)>`, scored by the
@@ -38,13 +45,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 import time
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections import deque
 from itertools import islice
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from service.dedupe import SqliteFile, redis_call, redis_client
 
@@ -53,6 +61,7 @@ __all__ = [
     "RateLimiter",
     "RedisRateLimiter",
     "SqliteRateLimiter",
+    "Token",
     "address_digest",
     "open_rate_limiter",
 ]
@@ -63,6 +72,7 @@ _WINDOWS_MAX = 100_000
 #: Pending rate rows older than this are written without waiting for a record.
 _PENDING_MAX_S = 1.0
 _PENDING_MAX_ROWS = 1000
+_DELETE_RATE = "DELETE FROM rate_log WHERE key = ? AND at = ?"
 # KEYS[1] the address' log; ARGV window (ms), limit, a member unique to this call.
 _ACQUIRE_LUA = """
 local t = redis.call('TIME')
@@ -77,6 +87,11 @@ redis.call('PEXPIRE', KEYS[1], window)
 return 1
 """
 
+#: What `acquire` counted, for `refund` to give back: opaque to callers and always truthy.
+#: The time that was logged (memory: monotonic, sqlite: wall clock; unique per address)
+#: or the member added to the Redis sorted set (unique per call).
+Token: TypeAlias = float | str
+
 
 def address_digest(address: str) -> str:
     """The key an address is counted under: SHA-256 of its lower-cased form."""
@@ -86,8 +101,13 @@ def address_digest(address: str) -> str:
 class RateLimiter(Protocol):
     """Counts emails per recipient address over a sliding window."""
 
-    async def acquire(self, address: str) -> bool:
-        """True (and counted) if one more email may go to `address` now."""
+    async def acquire(self, address: str) -> Token | None:
+        """Count one email to `address` and return its token; None (not counted) if the
+        window is full."""
+
+    async def refund(self, address: str, token: Token) -> None:
+        """Give back the one count `token` stands for (the server did not take the email);
+        a no-op if it expired or was given back already."""
 
     async def close(self) -> None:
         """Free the limiter's resources."""
@@ -102,7 +122,7 @@ class MemoryRateLimiter:
         self._log: dict[str, deque[float]] = {}
         self._swept = time.monotonic()
 
-    async def acquire(self, address: str) -> bool:
+    async def acquire(self, address: str) -> Token | None:
         """Count one email to `address` unless the window is full."""
         now = time.monotonic()
         self._sweep(now)
@@ -110,9 +130,17 @@ class MemoryRateLimiter:
         while sent and sent[0] <= now - self.window_s:
             sent.popleft()
         if len(sent) >= self.limit:
-            return False
+            return None
+        if sent and now <= sent[-1]:  # two counts in one clock tick: one token each
+            now = math.nextafter(sent[-1], math.inf)
         sent.append(now)
-        return True
+        return now
+
+    async def refund(self, address: str, token: Token) -> None:
+        """Remove the count from the address' window, if it is still there."""
+        sent = self._log.get(address_digest(address))
+        if sent and isinstance(token, float) and token in sent:
+            sent.remove(token)
 
     async def close(self) -> None:
         """Forget every count."""
@@ -150,7 +178,7 @@ class SqliteRateLimiter:
             # Rows of an earlier process: all within the window since the sweep.
             self._history(time.time())
 
-    async def acquire(self, address: str) -> bool:
+    async def acquire(self, address: str) -> Token | None:
         """Trim, count and maybe add, in memory; the row goes to the file with a commit."""
         key, now = address_digest(address), time.time()
         file = self._file
@@ -161,8 +189,13 @@ class SqliteRateLimiter:
         if sent and sent[0] <= cutoff:
             del sent[: bisect_right(sent, cutoff)]
         if len(sent) >= self.limit:
-            return False
-        insort(sent, now)  # kept sorted even if the wall clock steps back
+            return None
+        # Kept sorted even if the wall clock steps back; a time already there is nudged,
+        # so that a token (and a row of the (key, at) primary key) is one count.
+        i = bisect_left(sent, now)
+        while i < len(sent) and sent[i] == now:
+            now, i = math.nextafter(now, math.inf), i + 1
+        sent.insert(i, now)
         file.add_rate_row(key, now)
         if len(file.rate_rows) >= _PENDING_MAX_ROWS or (
             time.monotonic() - file.rate_rows_since > _PENDING_MAX_S
@@ -170,7 +203,26 @@ class SqliteRateLimiter:
             file.flush_rate_rows()
         if time.monotonic() - self._swept > _SWEEP_EVERY_S:
             self._sweep()
-        return True
+        return now
+
+    async def refund(self, address: str, token: Token) -> None:
+        """Remove the count from memory, and its row from the pending ones (no commit) or,
+        once written, from the file."""
+        if not isinstance(token, float):
+            return
+        key = address_digest(address)
+        file = self._file
+        sent = file.rate_windows.get(key)
+        if sent is not None:  # else evicted: its rows were written, the file decides
+            i = bisect_left(sent, token)
+            if i == len(sent) or sent[i] != token:
+                return  # expired or given back: memory holds every live count
+            del sent[i]
+        row = (key, token)
+        if row in file.rate_rows:
+            file.rate_rows.remove(row)
+        else:
+            self._db.execute(_DELETE_RATE, row)
 
     async def close(self) -> None:
         """Write pending rows and close the file (once its last user closed it)."""
@@ -233,14 +285,21 @@ class RedisRateLimiter:
         self._member = f"{os.getpid()}:{os.urandom(4).hex()}:"
         self._serial = itertools.count()
 
-    async def acquire(self, address: str) -> bool:
+    async def acquire(self, address: str) -> Token | None:
         """One atomic script: trim the address' log, count, add when under the limit."""
         member = f"{self._member}{next(self._serial)}"
         pending = self._acquire(
             keys=[self.prefix + address_digest(address)], args=[self.window_ms, self.limit, member]
         )
         result = await redis_call(pending, "cannot count in the redis rate limiter", self.url)
-        return bool(result)
+        return member if result else None
+
+    async def refund(self, address: str, token: Token) -> None:
+        """Remove the member `acquire` added (ZREM: a no-op once trimmed or expired)."""
+        if not isinstance(token, str):
+            return
+        pending = self.client.zrem(self.prefix + address_digest(address), token)
+        await redis_call(pending, "cannot give back a count in the redis rate limiter", self.url)
 
     async def close(self) -> None:
         """Close the connection pool."""
