@@ -41,7 +41,6 @@ from service.mail.mailer import Mailer
 from service.mail.render import Renderer
 from service.metrics import Metrics
 from service.ratelimit import SqliteRateLimiter
-from service.retry import RetryPolicy
 
 __all__ = ["main"]
 
@@ -137,7 +136,6 @@ async def _one_run(
         renderer=Renderer(cfg.templates_dir, cfg.default_locale),
         transport=transport,
         dedupe=dedupe,
-        retry=RetryPolicy(cfg.retry.attempts, cfg.retry.initial_backoff_s, cfg.retry.max_backoff_s),
         default_sender=cfg.smtp.from_,
         metrics=metrics,
         rate_limiter=limiter,

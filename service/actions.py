@@ -14,7 +14,7 @@ from service.config import (
     SetMetadataAction,
 )
 from service.flows import ActionFailed, ActionFn, CompiledAction, RunContext, expression_env
-from service.mail.mailer import EmailFailed, EmailRequest, Mailer
+from service.mail.mailer import EmailDeferred, EmailFailed, EmailRequest, Mailer
 from service.mail.render import template_context
 
 __all__ = ["compile_flows"]
@@ -69,6 +69,9 @@ def _send_email(action: SendEmailAction, mailer: Mailer, to: Any) -> ActionFn:
         )
         try:
             return await mailer.send(request)
+        except EmailDeferred as exc:
+            ctx.result.deferred.append((request, exc.reason))
+            return "deferred"
         except EmailFailed as exc:
             raise ActionFailed(exc.error, exc.reason) from None
 

@@ -41,6 +41,7 @@ from service.kafka import (
     new_broker,
     producer_options,
     quiet_bootstrap_errors,
+    retry_consumer,
 )
 from service.mail.mailer import Mailer
 from service.mail.render import Renderer
@@ -48,6 +49,7 @@ from service.mail.transport import SmtpPool
 from service.metrics import Metrics
 from service.outputs import Outputs
 from service.ratelimit import RateLimiter, open_rate_limiter
+from service.retries import Retrier, RetryScheduler
 from service.retry import RetryPolicy
 
 __all__ = ["Herald"]
@@ -90,6 +92,8 @@ class Herald:
         self.broker: KafkaBroker | None = None
         self.processor: Processor | None = None
         self.runner: BatchRunner | None = None
+        self.retrier: Retrier | None = None
+        self.scheduler: RetryScheduler | None = None
         self.http = HttpServer(self)
 
     async def start(self) -> None:
@@ -117,6 +121,8 @@ class Herald:
             self.runner.stopping.set()  # an outage wait ends now; the batch is redelivered
         if self.broker is not None:
             await self.broker.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         await self.http.stop()
         if self.producer is not None:
             await self.producer.stop()
@@ -147,11 +153,24 @@ class Herald:
                     if self.processor is None:
                         self.processor = self._processor(dedupe, self.producer)
                     await self._start_consumer(self.processor)
+                    await self._start_retries()
                 except (KafkaError, OSError, TimeoutError) as exc:
                     raise await diagnose(self.config.kafka, exc) from exc
         outage.recovered()
 
+    async def _start_retries(self) -> None:
+        if self.scheduler is not None or self.retrier is None:
+            return
+        kafka = self.config.kafka
+        scheduler = RetryScheduler(
+            lambda listener: retry_consumer(kafka, listener), self.retrier, self.metrics
+        )
+        await scheduler.start()
+        self.scheduler = scheduler
+
     async def _start_consumer(self, processor: Processor) -> None:
+        if self.broker is not None:  # joined on an earlier attempt; the retries did not
+            return
         self.broker = self._broker(processor)
         try:
             await self.broker.start()
@@ -200,14 +219,11 @@ class Herald:
             renderer=Renderer(cfg.templates_dir, cfg.default_locale),
             transport=self.smtp,
             dedupe=dedupe,
-            retry=RetryPolicy(
-                cfg.retry.attempts, cfg.retry.initial_backoff_s, cfg.retry.max_backoff_s
-            ),
             default_sender=cfg.smtp.from_,
             metrics=self.metrics,
             rate_limiter=self.rate_limiter,
         )
-        return FlowEngine(cfg, compile_flows(cfg, mailer), self.metrics)
+        return FlowEngine(cfg, compile_flows(cfg, mailer), self.metrics, mailer)
 
     def _processor(self, dedupe: DedupeStore, producer: AIOKafkaProducer) -> Processor:
         cfg = self.config
@@ -215,17 +231,36 @@ class Herald:
         outputs = Outputs(
             producer,
             dlq_suffix=cfg.kafka.dlq_suffix,
+            retry_suffix=cfg.kafka.retry_suffix,
             commands_topic=cfg.kafka.commands_topic,
             decisions_topic=cfg.kafka.decisions_topic,
         )
-        return Processor(
+        processor: Processor | None = None
+
+        def current_engine() -> FlowEngine:
+            # After SIGHUP the processor runs a new engine; retries follow it.
+            return processor.engine if processor is not None else engine
+
+        self.retrier = Retrier(
+            parse=parser_for(cfg.kafka.format),
+            mailer=lambda: current_engine().mailer,
+            secrets=lambda: current_engine().secrets,
+            outputs=outputs,
+            policy=RetryPolicy(
+                cfg.retry.attempts, cfg.retry.initial_backoff_s, cfg.retry.max_backoff_s
+            ),
+            metrics=self.metrics,
+        )
+        processor = Processor(
             engine,
             outputs,
             self.metrics,
             concurrency=max(8, cfg.smtp.pool_size * 4),
             show_addresses=cfg.log.show_addresses,
             parse=parser_for(cfg.kafka.format),
+            retrier=self.retrier,
         )
+        return processor
 
     def _broker(self, processor: Processor) -> KafkaBroker:
         broker = new_broker(self.config.kafka)

@@ -14,10 +14,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.events import Event, MalformedEvent, parse_cloudevent
-from service.flows import ConsumptionPaused, FlowEngine, FlowResult, LabelledCounter
+from service.flows import (
+    ActionFailed,
+    ConsumptionPaused,
+    FlowEngine,
+    FlowResult,
+    LabelledCounter,
+)
 from service.logs import mask_address, mask_addresses
 from service.metrics import Metrics
 from service.outputs import Outputs, Record
+from service.retries import Retrier
 
 __all__ = ["Processor"]
 
@@ -42,8 +49,10 @@ class Processor:
         concurrency: int = 64,
         show_addresses: bool = False,
         parse: Parser = parse_cloudevent,
+        retrier: Retrier | None = None,
     ) -> None:
         self.parse = parse
+        self.retrier = retrier
         self.engine = engine
         self.outputs = outputs
         self.metrics = metrics
@@ -93,6 +102,7 @@ class Processor:
             log.error("flow crashed", exc_info=exc, extra={"event_id": event.id})
             await self._dead_letter(record, event, "InternalError", str(exc), started)
             return
+        await self._defer(record, result)
         if result.failure is not None and not event.trigger.synchronous:
             failure = result.failure
             await self._dead_letter(record, event, failure.error, failure.reason, started, result)
@@ -100,10 +110,27 @@ class Processor:
         await self._publish(event, result, _headers(record.headers))
         self._finished(event, "failed_closed" if result.failure else "ok", started, result)
 
+    async def _defer(self, record: Record, result: FlowResult) -> None:
+        """Schedule the emails whose first attempt failed transiently; without retries
+        (`retry.attempts: 1`) that failure is final."""
+        for request, reason in result.deferred:
+            if self.retrier is None or self.retrier.policy.exhausted(1):
+                if result.failure is None:
+                    result.failure = ActionFailed("SmtpRetriesExhausted", reason)
+                continue
+            await self.retrier.schedule(record, request, 2, reason)
+
     async def decide(self, event: Event) -> dict[str, Any]:
         """Run a synchronous flow for the decision webhook; returns the decision body."""
         started = time.perf_counter()
         result = await self.engine.run(event)
+        for request, reason in result.deferred:
+            # No Kafka record to carry the retry: the caller gets its decision, the
+            # email is reported here (and counted as deferred by the mailer).
+            log.error(
+                "webhook email failed transiently and is not retried",
+                extra={"event_id": event.id, "action": request.action_id, "reason": reason},
+            )
         await self._publish(event, result, {}, decision=False)
         self._finished(event, "failed_closed" if result.failure else "ok", started, result)
         return result.decision_body(event)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import ChainableUndefined
 from jinja2.sandbox import SandboxedEnvironment
@@ -16,6 +16,9 @@ from service.config import BaseAction, Config
 from service.events import Event
 from service.mail.render import FlatGlobals
 from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from service.mail.mailer import EmailRequest
 
 __all__ = [
     "ActionFailed",
@@ -91,6 +94,8 @@ class FlowResult:
     app_metadata: dict[str, Any] = field(default_factory=dict)
     actions: list[dict[str, str]] = field(default_factory=list)
     failure: ActionFailed | None = None
+    #: Emails whose first attempt failed transiently, with the reason: scheduled for retry.
+    deferred: list[tuple[EmailRequest, str]] = field(default_factory=list)
 
     @property
     def stopped(self) -> bool:
@@ -165,9 +170,15 @@ class FlowEngine:
     """Runs the configured flow of each event's trigger."""
 
     def __init__(
-        self, config: Config, flows: Mapping[str, list[CompiledAction]], metrics: Metrics
+        self,
+        config: Config,
+        flows: Mapping[str, list[CompiledAction]],
+        metrics: Metrics,
+        mailer: Any = None,
     ) -> None:
         self.secrets = config.secrets
+        #: The Mailer the flows' email actions use (scheduled retries use it too).
+        self.mailer = mailer
         self.flows = flows
         self.metrics = metrics
         self._actions = LabelledCounter(metrics.actions)

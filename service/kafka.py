@@ -10,7 +10,7 @@ import os
 import ssl
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -41,6 +41,7 @@ __all__ = [
     "new_broker",
     "producer_options",
     "quiet_bootstrap_errors",
+    "retry_consumer",
     "security",
 ]
 
@@ -97,6 +98,23 @@ def consumer_options(cfg: KafkaConfig) -> dict[str, Any]:
         "client_id": "herald",
         **parse_security(security(cfg)),
     }
+
+
+def retry_consumer(cfg: KafkaConfig, listener: ConsumerRebalanceListener) -> AIOKafkaConsumer:
+    """The consumer of the retry topics (service/retries.py): a group of its own, so the
+    input consumer's rebalances do not move it; from the earliest offset, so a new group
+    never skips a scheduled retry; commits only by hand."""
+    consumer = AIOKafkaConsumer(
+        group_id=cfg.group_id + cfg.retry_suffix,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # A retry topic created after start-up (auto-created by the first retry) is seen
+        # within this long.
+        metadata_max_age_ms=10_000,
+        **consumer_options(cfg),
+    )
+    consumer.subscribe([topic + cfg.retry_suffix for topic in cfg.topics], listener=listener)
+    return consumer
 
 
 def new_broker(cfg: KafkaConfig) -> KafkaBroker:

@@ -32,7 +32,14 @@ class Metrics:
             registry=r,
         )
         self.smtp_retries = Counter(
-            "herald_smtp_retries", "SMTP sends retried after a transient failure.", registry=r
+            "herald_smtp_retries",
+            "Email retries scheduled on the retry topic after a transient failure.",
+            registry=r,
+        )
+        self.retries_pending = Gauge(
+            "herald_retries_pending",
+            "Scheduled email retries read from the retry topic and not yet finished.",
+            registry=r,
         )
         self.dlq = Counter("herald_dlq", "Dead-lettered events, by reason.", ["reason"], registry=r)
         self.event_duration = Histogram(

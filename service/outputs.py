@@ -48,11 +48,13 @@ class Outputs:
         producer: Producer,
         *,
         dlq_suffix: str,
+        retry_suffix: str = ".retry",
         commands_topic: str = "identity.commands",
         decisions_topic: str = "identity.decisions",
     ) -> None:
         self.producer = producer
         self.dlq_suffix = dlq_suffix
+        self.retry_suffix = retry_suffix
         self.commands_topic = commands_topic
         self.decisions_topic = decisions_topic
 
@@ -107,6 +109,16 @@ class Outputs:
             ("x-herald-failed-at", _now().encode()),
         ]
         await self.producer.send_and_wait(topic, record.value, key=record.key, headers=headers)
+        return topic
+
+
+    async def retry(self, original: Record, headers: list[tuple[str, bytes]]) -> str:
+        """An email's next attempt → `<input topic><retry_suffix>`: the original record's
+        key, value and headers, plus the retry's own headers (service/retries.py)."""
+        topic = original.topic + self.retry_suffix
+        await self.producer.send_and_wait(
+            topic, original.value, key=original.key, headers=[*original.headers, *headers]
+        )
         return topic
 
 

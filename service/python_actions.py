@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from service.config import PythonAction
 from service.flows import ActionFailed, ActionFn, RunContext
-from service.mail.mailer import EmailFailed, EmailRequest, Mailer
+from service.mail.mailer import EmailDeferred, EmailFailed, EmailRequest, Mailer
 from service.mail.render import template_context
 
 __all__ = ["ActionNotAllowed", "Api", "Obj", "load_handler", "python_action"]
@@ -137,9 +137,16 @@ class _Email:
             locale=user.get("locale"),
             context=context,
         )
-        task = asyncio.ensure_future(self._mailer.send(request))
+        task = asyncio.ensure_future(self._send(request))
         self.pending.append(task)
         return task
+
+    async def _send(self, request: EmailRequest) -> str:
+        try:
+            return await self._mailer.send(request)
+        except EmailDeferred as exc:  # scheduled for retry when the flow ends
+            self._ctx.result.deferred.append((request, exc.reason))
+            return "deferred"
 
 
 def _allowed(ctx: RunContext, action: str, call: str) -> None:

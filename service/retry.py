@@ -1,58 +1,33 @@
-"""Retry policy for transient delivery failures (tenacity).
+"""The retry schedule for emails that failed transiently (`retry:` in the config).
 
-Fates, as decided here: a `TransientError` is retried after an exponentially growing,
-jittered wait until `attempts` are used up, then the last one is raised; a
-`PermanentError`, a `ServerUnavailable` (an outage: the caller pauses consumption) or
-anything else is raised at once, never retried.
+Fates, as decided here: attempt 1 is made when the event is processed; after a transient
+failure attempt n+1 is due `delay(n+1)` seconds later, until `attempts` tries were made;
+then the email is dead-lettered (`SmtpRetriesExhausted`). The waits are not spent inside
+a batch: the email is written to the retry topic with its due time (service/retries.py).
 
-Fast path: the first attempt is awaited directly. Almost every send succeeds on it, and
-running it through tenacity's `AsyncRetrying` cost ~40 µs per email. Only a retryable
-failure enters tenacity, which then owns the whole sequence: the failed first attempt is
-handed to it as its attempt 1 (re-raised without calling `fn` again), so attempts are
-counted, waited for and reported exactly as if tenacity had made the first call itself.
+The wait before attempt n is `initial_backoff_s * 2**(n-2)`, capped at `max_backoff_s`,
+stretched by up to 20% of jitter so that many emails failing together do not all come
+back in the same second. The defaults (8 attempts, 10 s, 900 s) spread the tries over
+at least 21 minutes: a greylisting server's window is usually 5–15 minutes.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TypeVar
+import random
+from dataclasses import dataclass
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    retry_if_not_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+__all__ = ["RetryPolicy"]
 
-from service.mail.transport import DeliveryError, ServerUnavailable, TransientError
-
-__all__ = ["OnRetry", "RetryPolicy", "Sleep"]
-
-T = TypeVar("T")
-
-OnRetry = Callable[[int, DeliveryError], None]
-"""Called as `on_retry(attempt_number, error)` after a failed attempt, before the wait."""
-
-Sleep = Callable[[float], Awaitable[None]]
+_JITTER = 0.2
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Up to `attempts` tries; full-jitter exponential backoff capped at `max_backoff_s`.
+    """Up to `attempts` tries per email, exponentially further apart."""
 
-    The wait before retry n is uniform in [0, min(max_backoff_s,
-    initial_backoff_s * 2**(n-1))]: jitter keeps many failing sends from hitting a
-    recovering server in lockstep.
-    """
-
-    attempts: int = 5
-    initial_backoff_s: float = 0.5
-    max_backoff_s: float = 30.0
-    sleep: Sleep = field(default=asyncio.sleep, repr=False, compare=False)
+    attempts: int = 8
+    initial_backoff_s: float = 10.0
+    max_backoff_s: float = 900.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -60,48 +35,18 @@ class RetryPolicy:
         if self.initial_backoff_s < 0 or self.max_backoff_s < 0:
             raise ValueError("backoff times must not be negative")
 
-    async def run(self, fn: Callable[[], Awaitable[T]], on_retry: OnRetry | None = None) -> T:
-        """Await `fn()` until it succeeds, fails permanently, or attempts run out."""
-        try:
-            return await fn()
-        except TransientError as exc:
-            if isinstance(exc, ServerUnavailable) or self.attempts == 1:
-                raise
-            first: TransientError | None = exc
+    def exhausted(self, attempt: int) -> bool:
+        """Whether `attempt` (1-based) was the last one allowed."""
+        return attempt >= self.attempts
 
-        async def attempt() -> T:
-            # A named coroutine function: tenacity awaits only what it sees as async.
-            nonlocal first
-            if first is not None:
-                # Tenacity's attempt 1 is the one already made: same outcome, no new call.
-                failed, first = first, None
-                raise failed
-            return await fn()
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before `attempt` (2 or more), jittered."""
+        base = min(self.max_backoff_s, self.initial_backoff_s * 2 ** max(attempt - 2, 0))
+        return base * (1 + _JITTER * random.random())
 
-        return await self._retrying(on_retry)(attempt)
-
-    def _retrying(self, on_retry: OnRetry | None) -> AsyncRetrying:
-        return AsyncRetrying(
-            stop=stop_after_attempt(self.attempts),
-            wait=wait_random_exponential(multiplier=self.initial_backoff_s, max=self.max_backoff_s),
-            # A server that cannot be reached at all is an outage, not this email's
-            # failure: the caller pauses consumption instead of spending attempts.
-            retry=retry_if_exception_type(TransientError)
-            & retry_if_not_exception_type(ServerUnavailable),
-            reraise=True,
-            sleep=self.sleep,
-            before_sleep=_notifier(on_retry),
-        )
-
-
-def _notifier(on_retry: OnRetry | None) -> Callable[[RetryCallState], None] | None:
-    """Adapt `on_retry` to tenacity's `before_sleep` hook."""
-    if on_retry is None:
-        return None
-
-    def before_sleep(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(error, DeliveryError):
-            on_retry(state.attempt_number, error)
-
-    return before_sleep
+    def schedule(self) -> list[float]:
+        """The waits before attempts 2..attempts, without jitter (for docs and checks)."""
+        return [
+            min(self.max_backoff_s, self.initial_backoff_s * 2 ** (n - 2))
+            for n in range(2, self.attempts + 1)
+        ]

@@ -44,6 +44,7 @@ def make_config(kafka: EmbeddedKafka, server: RecordingSMTP, tmp: Path, **sectio
     """A config for one test: its own topic and group, the recording server, fast retries."""
     topic, commands, decisions = unique("events"), unique("commands"), unique("decisions")
     kafka.create_topic(topic, 4)
+    kafka.create_topic(topic + ".retry", 4)
     for output in (topic + ".dlq", commands, decisions):
         kafka.create_topic(output, 1)
     doc: dict[str, Any] = {

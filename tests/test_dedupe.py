@@ -41,7 +41,6 @@ from service.ratelimit import (
     address_digest,
     open_rate_limiter,
 )
-from service.retry import RetryPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["memory", "sqlite", "redis"]
@@ -432,7 +431,6 @@ async def test_mailer_skips_emails_over_the_limit(
         renderer=Renderer(ROOT / "templates"),
         transport=transport,
         dedupe=dedupe,
-        retry=RetryPolicy(1, 0, 0),
         default_sender="Herald <no-reply@herald.test>",
         metrics=metrics,
         rate_limiter=limiter,
@@ -480,7 +478,6 @@ def _mailer(dedupe: DedupeStore, transport: _Recorder) -> Mailer:
         renderer=Renderer(ROOT / "templates"),
         transport=transport,
         dedupe=dedupe,
-        retry=RetryPolicy(1, 0, 0),
         default_sender="Herald <no-reply@herald.test>",
         metrics=Metrics(),
     )

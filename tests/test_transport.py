@@ -1,4 +1,4 @@
-"""SmtpPool, error classification and RetryPolicy against real in-process aiosmtpd servers.
+"""SmtpPool and error classification against real in-process aiosmtpd servers.
 
 Every test with an aiosmtpd server runs twice: once with the server offering PIPELINING
 (MAIL, RCPT and DATA in one write) and once without (one command per round trip). A bare
@@ -43,7 +43,6 @@ from service.mail.transport import (
     TransientError,
     classify,
 )
-from service.retry import RetryPolicy
 
 HOST = "127.0.0.1"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -824,135 +823,3 @@ async def test_probe(server: Server) -> None:
     assert await pool.probe() is False
     with pytest.raises(ServerUnavailable, match="closed"):
         await send_one(pool)
-
-
-# --- retry policy --------------------------------------------------------------------
-
-
-@dataclass
-class Recording:
-    """Records on_retry calls and sleeps instead of sleeping."""
-
-    retries: list[tuple[int, DeliveryError]] = field(default_factory=list)
-    sleeps: list[float] = field(default_factory=list)
-
-    def on_retry(self, attempt: int, error: DeliveryError) -> None:
-        self.retries.append((attempt, error))
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-
-
-async def test_retry_until_success(server: Server) -> None:
-    server.handler.data_replies = ["421 4.3.2 busy", "421 4.3.2 busy"]
-    rec = Recording()
-    policy = RetryPolicy(5, 0.5, 30, sleep=rec.sleep)
-    async with make_pool(server.port) as pool:
-        reply = await policy.run(lambda: send_one(pool), on_retry=rec.on_retry)
-    assert reply.startswith("2.0.0")
-    assert [n for n, _ in rec.retries] == [1, 2]
-    assert all(e.reason == "421 4.3.2 busy" for _, e in rec.retries)
-    assert len(rec.sleeps) == 2
-    assert len(server.handler.messages) == 1
-
-
-async def test_permanent_error_is_not_retried(server: Server) -> None:
-    server.handler.data_replies = ["550 5.7.1 rejected"]
-    rec = Recording()
-    calls = 0
-
-    async def attempt() -> str:
-        nonlocal calls
-        calls += 1
-        return await send_one(pool)
-
-    async with make_pool(server.port) as pool:
-        with pytest.raises(PermanentError):
-            await RetryPolicy(5, 0.5, 30, sleep=rec.sleep).run(attempt, rec.on_retry)
-    assert calls == 1
-    assert rec.retries == [] and rec.sleeps == []
-
-
-async def test_exhausted_attempts_raise_the_last_transient_error() -> None:
-    rec = Recording()
-    calls = 0
-
-    async def attempt() -> str:
-        nonlocal calls
-        calls += 1
-        raise TransientError(f"451 try {calls}")
-
-    with pytest.raises(TransientError, match="451 try 3"):
-        await RetryPolicy(3, 0.5, 30, sleep=rec.sleep).run(attempt, rec.on_retry)
-    assert calls == 3
-    assert [n for n, _ in rec.retries] == [1, 2]
-
-
-async def test_a_first_failure_counts_as_attempt_one() -> None:
-    rec = Recording()
-    calls = 0
-
-    async def attempt() -> str:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise TransientError("421 busy")
-        return "250 ok"
-
-    assert await RetryPolicy(3, 0.5, 30, sleep=rec.sleep).run(attempt, rec.on_retry) == "250 ok"
-    assert calls == 2
-    assert [(n, e.reason) for n, e in rec.retries] == [(1, "421 busy")]
-    assert len(rec.sleeps) == 1
-
-
-@pytest.mark.parametrize(
-    ("attempts", "error"),
-    [
-        (5, ServerUnavailable("connection refused")),
-        (5, PermanentError("550 no such user")),
-        (5, RuntimeError("a bug")),
-        (1, TransientError("421 busy")),
-    ],
-)
-async def test_failures_not_retried(attempts: int, error: Exception) -> None:
-    rec = Recording()
-    calls = 0
-
-    async def attempt() -> str:
-        nonlocal calls
-        calls += 1
-        raise error
-
-    with pytest.raises(type(error)) as caught:
-        await RetryPolicy(attempts, 0.5, 30, sleep=rec.sleep).run(attempt, rec.on_retry)
-    assert caught.value is error
-    assert calls == 1
-    assert rec.retries == [] and rec.sleeps == []
-
-
-async def failing() -> str:
-    raise TransientError("421 busy")
-
-
-async def test_backoff_is_exponential_and_capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("random.uniform", lambda low, high: high)  # the top of each window
-    rec = Recording()
-    with pytest.raises(TransientError):
-        await RetryPolicy(7, 0.5, 4, sleep=rec.sleep).run(failing)
-    assert rec.sleeps == [0.5, 1, 2, 4, 4, 4]
-
-
-async def test_backoff_is_jittered_within_its_window() -> None:
-    rec = Recording()
-    with pytest.raises(TransientError):
-        await RetryPolicy(8, 0.5, 4, sleep=rec.sleep).run(failing)
-    assert len(rec.sleeps) == 7
-    for n, slept in enumerate(rec.sleeps):
-        assert 0 <= slept <= min(4, 0.5 * 2**n)
-
-
-def test_policy_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
-        RetryPolicy(0, 0.5, 30)
-    with pytest.raises(ValueError):
-        RetryPolicy(3, -1, 30)

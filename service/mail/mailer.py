@@ -1,4 +1,10 @@
-"""One email from render to acceptance: dedupe claim, render, MIME, pooled send, retry."""
+"""One email from render to acceptance: dedupe claim, rate limit, render, MIME, one send.
+
+One attempt per call. A transient failure (a 4xx reply, a timeout, a dropped
+connection) raises `EmailDeferred`: the caller schedules the next attempt on the retry
+topic (service/retries.py) instead of waiting here, so one greylisting recipient never
+holds back anyone else's email.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +21,16 @@ from service.mail.message import InvalidAddress, Mailbox, build_message, parse_m
 from service.mail.render import Renderer, TemplateError
 from service.mail.transport import DeliveryError, PermanentError, ServerUnavailable
 from service.metrics import Metrics
-from service.ratelimit import RateLimiter
-from service.retry import RetryPolicy
+from service.ratelimit import RateLimiter, Token
 
-__all__ = ["EmailFailed", "EmailRequest", "Mailer", "SmtpUnavailable", "Transport"]
+__all__ = [
+    "EmailDeferred",
+    "EmailFailed",
+    "EmailRequest",
+    "Mailer",
+    "SmtpUnavailable",
+    "Transport",
+]
 
 log = logging.getLogger(__name__)
 #: How often a claim held by another sender is looked at again (first, then at most).
@@ -39,6 +51,15 @@ class StoreUnavailable(ConsumptionPaused):
     """The dedupe store cannot be reached: pause rather than risk sending twice."""
 
 
+class EmailDeferred(Exception):
+    """This attempt failed transiently (`reason`: the server's reply or the error); the
+    email is neither sent nor claimed, and may be tried again later."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class EmailFailed(Exception):
     """The email will not be sent; `error` names the class of failure for the DLQ."""
 
@@ -46,6 +67,10 @@ class EmailFailed(Exception):
         super().__init__(reason)
         self.error = error
         self.reason = reason
+
+
+class PermanentlyRejected(EmailFailed):
+    """The server refused the email for good (5xx): it was handed over and counts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +97,6 @@ class Mailer:
         renderer: Renderer,
         transport: Transport,
         dedupe: DedupeStore,
-        retry: RetryPolicy,
         default_sender: str,
         metrics: Metrics,
         rate_limiter: RateLimiter | None = None,
@@ -80,15 +104,15 @@ class Mailer:
         self.renderer = renderer
         self.transport = transport
         self.dedupe = dedupe
-        self.retry = retry
         self.default_sender = parse_mailbox(default_sender)
         self.metrics = metrics
         self._emails = LabelledCounter(metrics.emails)
         self.rate_limiter = rate_limiter  # None: unlimited
 
     async def send(self, request: EmailRequest) -> str:
-        """Send one email; returns the outcome (`sent`, `duplicate` or `rate_limited`) or
-        raises EmailFailed."""
+        """Make one attempt at one email; returns the outcome (`sent`, `duplicate` or
+        `rate_limited`), or raises EmailDeferred (try again later), EmailFailed (never),
+        SmtpUnavailable / StoreUnavailable (an outage: pause consumption)."""
         recipient = _mailbox(request.to, request.to_name, "recipient")
         key = dedupe_key(request.event_id, request.action_id, recipient.address)
         claim = await self._claim(key)
@@ -97,12 +121,16 @@ class Mailer:
         if claim is Claim.SENT:
             self._emails.inc(request.template, "duplicate")
             return "duplicate"
+        allowed = token = None
         try:
-            allowed = await self._within_limit(recipient)
+            allowed, token = await self._within_limit(recipient)
             if allowed:
                 await self._deliver(request, recipient)
-        except BaseException:
+        except BaseException as exc:
             await self._release(key)
+            if token is not None and not isinstance(exc, PermanentlyRejected):
+                # The server did not take it: it does not count against the limit.
+                await self._refund(recipient, token)
             raise
         if not allowed:
             # Skipped for good (not a failure, not dead-lettered); nothing was sent, so the
@@ -176,25 +204,30 @@ class Mailer:
             headers={"X-Herald-Event-Id": request.event_id, "X-Herald-Template": request.template},
         )
         try:
-            await self.retry.run(
-                lambda: self.transport.send(sender.address, [recipient.address], email.data),
-                on_retry=lambda attempt, err: self._retrying(request, attempt, err),
-            )
+            await self.transport.send(sender.address, [recipient.address], email.data)
         except ServerUnavailable as exc:
             raise SmtpUnavailable(exc.reason) from None
         except PermanentError as exc:
             self._failed(request, "rejected")
-            raise EmailFailed("SmtpPermanentError", exc.reason) from None
+            raise PermanentlyRejected("SmtpPermanentError", exc.reason) from None
         except DeliveryError as exc:
-            self._failed(request, "retries_exhausted")
-            raise EmailFailed(
-                "SmtpRetriesExhausted",
-                f"gave up after {self.retry.attempts} attempts: {exc.reason}",
-            ) from None
+            self._failed(request, "deferred")
+            raise EmailDeferred(exc.reason) from None
 
-    async def _within_limit(self, recipient: Mailbox) -> bool:
-        """Counts this attempt against the recipient's limit (a failed send counts too)."""
-        return self.rate_limiter is None or await self.rate_limiter.acquire(recipient.address)
+    async def _within_limit(self, recipient: Mailbox) -> tuple[bool, Token | None]:
+        """Whether the recipient is under its limit, and the count taken for this email
+        (given back by `_refund` when the server does not accept it)."""
+        if self.rate_limiter is None:
+            return True, None
+        token = await self.rate_limiter.acquire(recipient.address)
+        return token is not None, token
+
+    async def _refund(self, recipient: Mailbox, token: Token) -> None:
+        assert self.rate_limiter is not None
+        try:
+            await self.rate_limiter.refund(recipient.address, token)
+        except Exception as exc:  # the count lapses with its window
+            log.warning("rate limit refund failed", extra={"error": type(exc).__name__})
 
     def _rate_limited(self, request: EmailRequest, recipient: Mailbox) -> None:
         self._emails.inc(request.template, "rate_limited")
@@ -206,18 +239,6 @@ class Mailer:
                 "template": request.template,
                 "recipient": mask_address(recipient.address),
                 "outcome": "rate_limited",
-            },
-        )
-
-    def _retrying(self, request: EmailRequest, attempt: int, error: DeliveryError) -> None:
-        self.metrics.smtp_retries.inc()
-        log.warning(
-            "smtp send failed, retrying",
-            extra={
-                "event_id": request.event_id,
-                "action": request.action_id,
-                "attempt": attempt,
-                "reason": error.reason,
             },
         )
 
