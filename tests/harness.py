@@ -285,6 +285,29 @@ class SlowSMTP(RecordingSMTP):
         return await super().handle_DATA(server, session, envelope)
 
 
+GREY = "grey@herald.test"
+
+
+class GreylistingSMTP(RecordingSMTP):
+    """Answers `451 4.7.1 Greylisted` at RCPT for `GREY` until `accept_grey` is set."""
+
+    accept_grey = False
+    grey_refusals = 0
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address == GREY and not self.accept_grey:
+            self.grey_refusals += 1
+            return "451 4.7.1 Greylisted, please try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def grey_event() -> dict[str, object]:
+    return load_example("post-change-password", user_id="user-grey", email=GREY)
+
+
 def per_event(server: RecordingSMTP) -> Counter[str]:
     """Emails received per `X-Herald-Event-Id`."""
     return Counter(str(m.message["X-Herald-Event-Id"]) for m in server.messages)

@@ -9,16 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
 from service.retry import RetryPolicy
 from tests.harness import (
+    GREY,
+    GreylistingSMTP,
     HeraldProcess,
     Kafka,
     config_file,
     events,
+    grey_event,
     load_example,
     make_config,
     metric,
@@ -28,28 +30,6 @@ from tests.harness import (
 )
 
 pytestmark = pytest.mark.integration
-
-GREY = "grey@herald.test"
-
-
-class GreylistingSMTP(RecordingSMTP):
-    """Answers `451 4.7.1 Greylisted` at RCPT for `GREY` until `accept_grey` is set."""
-
-    accept_grey = False
-    grey_refusals = 0
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if address == GREY and not self.accept_grey:
-            self.grey_refusals += 1
-            return "451 4.7.1 Greylisted, please try again later"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-
-def grey_event() -> dict[str, object]:
-    return load_example("post-change-password", user_id="user-grey", email=GREY)
 
 
 async def test_a_greylisted_recipient_holds_back_nobody(

@@ -4,6 +4,7 @@ Herald recovers by itself (SPEC §7)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.harness import (
+    GreylistingSMTP,
     HeraldProcess,
     Kafka,
     SlowSMTP,
     config_file,
     events,
+    grey_event,
     make_config,
     per_event,
 )
@@ -121,3 +124,39 @@ async def test_leader_failover_mid_stream_loses_and_doubles_nothing(
     assert all(new_leaders[p] not in (busiest, -1) for p in led)
     assert set(per_event(slow_smtp)) == {e["id"] for e in batch}
     assert (delivered, duplicates) == (EVENTS, 0)
+
+
+async def test_a_scheduled_retry_survives_sigkill_on_real_kafka(
+    real_kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    """The retry lives on the retry topic: SIGKILL after it was scheduled, start again,
+    and the email goes out once, when the server takes it."""
+    with GreylistingSMTP() as server:
+        config = make_config(  # type: ignore[arg-type]
+            real_kafka,
+            server,
+            tmp_path,
+            retry={"attempts": 5, "initial_backoff_s": 2, "max_backoff_s": 2},
+        )
+        path = config_file(config, tmp_path / "herald.yaml")
+        herald = HeraldProcess(path)
+        await herald.start(timeout=60)
+        event = grey_event()
+        client = Kafka(real_kafka.bootstrap)
+        await client.start()
+        await client.send(config.kafka.topics[0], event)
+        await client.stop()
+        await herald.wait_log("email retry scheduled", timeout=30)
+        herald.kill()
+        assert await herald.stop() == -signal.SIGKILL
+        server.accept_grey = True
+        again = HeraldProcess(path)
+        await again.start(timeout=60)
+        deadline = time.monotonic() + 60
+        while not server.messages:
+            assert time.monotonic() < deadline, "the retried email never arrived"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        assert await again.stop() == 0
+    assert per_event(server) == {event["id"]: 1}
+    assert server.grey_refusals == 1
