@@ -60,6 +60,8 @@ log = logging.getLogger("herald")
 _RESTART_SECTIONS = ("kafka", "smtp", "dedupe", "rate_limit", "http")
 _T = TypeVar("_T")
 _CONNECT_MAX_BACKOFF_S = 30.0
+#: How often a dependency that is down (SMTP server, dedupe store) is probed: first, at most.
+_PROBE_BACKOFF_S = (0.5, 5.0)
 #: While Kafka stays down for the same reason, it is logged again at most this often.
 _REPEAT_LOG_S = 60.0
 
@@ -270,8 +272,9 @@ class Herald:
             processor,
             self.smtp.probe,
             self.metrics,
-            initial_backoff_s=self.config.retry.initial_backoff_s,
-            max_backoff_s=self.config.retry.max_backoff_s,
+            # Probing a dependency that is down: not the emails' retry schedule.
+            initial_backoff_s=_PROBE_BACKOFF_S[0],
+            max_backoff_s=_PROBE_BACKOFF_S[1],
         )
 
         @subscriber

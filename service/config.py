@@ -166,11 +166,11 @@ class SmtpConfig(_Model):
 
 
 class RetryConfig(_Model):
-    """`retry:` — per email, for transient SMTP failures."""
+    """`retry:` — per email, for transient SMTP failures; scheduled on the retry topic."""
 
-    attempts: int = Field(default=5, ge=1)
-    initial_backoff_s: float = Field(default=0.5, ge=0)
-    max_backoff_s: float = Field(default=30, ge=0)
+    attempts: int = Field(default=8, ge=1)
+    initial_backoff_s: float = Field(default=10, ge=0)
+    max_backoff_s: float = Field(default=900, ge=0)
 
     @field_validator("max_backoff_s")
     @classmethod
