@@ -2,7 +2,9 @@
 
 Users come from a fixed pool (en and de locales, names with umlauts), so the Kafka key
 (the user id) repeats as in production and per-key ordering is exercised. Every event
-carries its publish time in `time` (microseconds, UTC).
+carries its publish time in `time` (microseconds, UTC). A *grey* event goes to the
+user's address with `GREY_PREFIX` in front (`grey-ada.17@example.com`), which the
+greylisting sink refuses with 451.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-__all__ = ["EVENT_TYPE", "make_event", "pace", "publish_bulk"]
+__all__ = ["EVENT_TYPE", "GREY_PREFIX", "make_event", "pace", "publish_bulk"]
 
 EVENT_TYPE = "identity.user.password_changed"
+GREY_PREFIX = "grey-"
 USERS = 5000
 _FIRST = ["Ada", "Grace", "Alan", "Emmy", "Jörg", "Sophie", "Lukas", "Zoë", "Björn", "Marie"]
 _LAST = ["Lovelace", "Hopper", "Turing", "Noether", "Müller", "Schröder", "Weiß", "Curie"]
@@ -49,12 +52,17 @@ def _user(number: int) -> dict[str, Any]:
     }
 
 
-def make_event(run: str, seq: int, now: float | None = None) -> dict[str, Any]:
-    """Event `seq` of run `run`: a CloudEvent whose `time` is `now` (default: now)."""
+def make_event(
+    run: str, seq: int, now: float | None = None, *, grey: bool = False
+) -> dict[str, Any]:
+    """Event `seq` of run `run`: a CloudEvent whose `time` is `now` (default: now);
+    `grey`: its recipient's address starts with `GREY_PREFIX`."""
     rng = random.Random(seq)
     city, country = rng.choice(_CITIES)
     stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     user = _user(rng.randrange(USERS))
+    if grey:
+        user["email"] = GREY_PREFIX + user["email"]
     return {
         "specversion": "1.0",
         "id": f"{run}-{seq}",
@@ -103,11 +111,15 @@ async def pace(
     rate: float,
     seconds: float,
     on_send: Callable[[str, float], None],
+    grey_every: int = 0,
+    on_grey: Callable[[str], None] | None = None,
 ) -> int:
     """Publish `rate` events per second for `seconds`; `on_send(id, time)` for each.
 
     The event's `time` is taken just before it is handed to the producer, so the
-    latency measured from it includes the producer, the broker and the fetch.
+    latency measured from it includes the producer, the broker and the fetch. With
+    `grey_every` = N, events N-1, 2N-1, … are grey (1 in N, spread evenly over the
+    run), and `on_grey(id)` is called for each of them.
     """
     producer = _producer(bootstrap)
     await producer.start()
@@ -117,8 +129,11 @@ async def pace(
         while (elapsed := time.monotonic() - started) < seconds:
             for _ in range(int(elapsed * rate) + 1 - sent):
                 now = time.time()
-                event = make_event(run, sent, now)
+                grey = grey_every > 0 and sent % grey_every == grey_every - 1
+                event = make_event(run, sent, now, grey=grey)
                 on_send(event["id"], now)
+                if grey and on_grey is not None:
+                    on_grey(event["id"])
                 futures.append(
                     await producer.send(topic, orjson.dumps(event), key=event["subject"].encode())
                 )

@@ -1,13 +1,18 @@
 """`make bench`: Herald against the peer, end to end, events on Kafka to emails accepted.
 
     python -m bench.run [--events 20000] [--runs 3] [--smtp auto|postfix|builtin]
-                        [--no-latency] [--profile DIR] [--write] [--json PATH]
+                        [--no-latency] [--no-partial-failure] [--only-partial-failure]
+                        [--profile DIR] [--write] [--json PATH]
 
 The embedded broker runs in a process of its own; N events are published once to a
 topic of `--partitions` partitions; then Herald and the peer take turns (`--runs`
 pairs), each in a fresh consumer group, against a fresh SMTP sink that counts
 acceptances. Throughput is measured between the first and the last acceptance; the
-summary gives medians and Herald's ratio to the peer. See BENCHMARKS.md.
+summary gives medians and Herald's ratio to the peer. Then the latency run (`--rate`
+events/s for `--seconds`) and the partial-failure run (`--partial-rate` events/s for
+`--seconds`, 1% of recipients answering 451, the other emails' latency; a control run
+at the same rate first); `--no-latency` skips both, `--only-partial-failure` runs only
+the latter. See BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -23,14 +28,24 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.broker import BrokerProcess
 from bench.events import publish_bulk
-from bench.latency import measure_floor, measure_latency
+from bench.latency import measure_floor, measure_latency, measure_partial_failure
 from bench.procs import ROOT
 from bench.profiling import Profiler
-from bench.report import LatencyResult, RunResult, as_json, machine, markdown, update_section
+from bench.report import (
+    LatencyResult,
+    PartialFailureResult,
+    RunResult,
+    as_json,
+    machine,
+    markdown,
+    partial_failure_markdown,
+    update_section,
+)
 from bench.sinks import BuiltinSink, PostfixSink, find_smtp_sink
 from bench.targets import Target, herald, peer, wait_ready
 
@@ -50,9 +65,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-size", type=int, default=8, help="Herald's smtp.pool_size (8)")
     p.add_argument("--smtp", choices=("auto", "postfix", "builtin"), default="auto")
     p.add_argument("--no-peer", action="store_true", help="run Herald only")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency run")
+    p.add_argument(
+        "--no-latency", action="store_true", help="skip the latency and partial-failure runs"
+    )
+    p.add_argument("--no-partial-failure", action="store_true", help="skip the partial-failure run")
+    p.add_argument(
+        "--only-partial-failure",
+        action="store_true",
+        help="run only the partial-failure run (no throughput runs, no latency run)",
+    )
     p.add_argument("--rate", type=float, default=500, help="latency run: events/s (500)")
-    p.add_argument("--seconds", type=float, default=20, help="latency run: length (20)")
+    p.add_argument(
+        "--seconds", type=float, default=20, help="latency and partial-failure runs: length (20)"
+    )
+    p.add_argument(
+        "--warmup", type=float, default=3, help="latency and partial-failure runs: warm-up (3)"
+    )
+    p.add_argument(
+        "--partial-rate", type=float, default=300, help="partial-failure run: events/s (300)"
+    )
     p.add_argument("--profile", type=Path, help="one more Herald run under py-spy, into DIR")
     p.add_argument("--write", action="store_true", help="update the results in BENCHMARKS.md")
     p.add_argument("--json", type=Path, help="write all results to this file")
@@ -67,11 +98,14 @@ class Bench:
         self.workdir = workdir
         self.broker = BrokerProcess()
         self.topic = f"bench.events.{uuid.uuid4().hex[:8]}"
-        self.smtp_sink = _smtp_sink(args.smtp)
+        # The latency runs use the builtin sink: smtp-sink only for the throughput runs.
+        self.smtp_sink = None if args.only_partial_failure else _smtp_sink(args.smtp)
 
     async def setup(self) -> None:
-        """Start the broker, create the topics, publish the events."""
+        """Start the broker; for the throughput runs, create the topics, publish the events."""
         self.broker.start()
+        if self.args.only_partial_failure:
+            return
         self.broker.create_topic(self.topic, self.args.partitions)
         self.broker.create_topic(self.topic + ".dlq", 1)
         started = time.monotonic()
@@ -186,27 +220,60 @@ def _install_postfix() -> str | None:
 Latency = tuple[LatencyResult, LatencyResult]
 
 
-async def run(args: argparse.Namespace) -> tuple[list[RunResult], Latency | None]:
-    """The whole session: throughput pairs, then the optional profile and latency runs."""
+@dataclass
+class Session:
+    """What one `bench.run` measured; None (or []) for what it skipped."""
+
+    runs: list[RunResult]
+    latency: Latency | None
+    partial_failure: PartialFailureResult | None
+
+    @property
+    def complete(self) -> bool:
+        """Every run counted every email it should have."""
+        partial_ok = self.partial_failure is None or self.partial_failure.complete
+        return all(r.complete for r in self.runs) and partial_ok
+
+
+async def run(args: argparse.Namespace) -> Session:
+    """The whole session: throughput pairs, then the optional profile, latency and
+    partial-failure runs (`--only-partial-failure`: that one alone)."""
     info = machine()
+    only_partial = args.only_partial_failure
+    runs: list[RunResult] = []
+    profile: str | None = None
+    latency: Latency | None = None
+    partial: PartialFailureResult | None = None
     with tempfile.TemporaryDirectory(prefix="herald-bench-") as scratch:
         bench = Bench(args, Path(scratch))
         try:
             await bench.setup()
-            runs = await _alternate(bench)
-            profile = await _profiled_run(bench, args.profile) if args.profile else None
-            latency = None if args.no_latency else await _latency(bench, Path(scratch))
+            if not only_partial:
+                runs = await _alternate(bench)
+                profile = await _profiled_run(bench, args.profile) if args.profile else None
+                latency = None if args.no_latency else await _latency(bench, Path(scratch))
+            if only_partial or not (args.no_latency or args.no_partial_failure):
+                partial = await _partial_failure(bench, Path(scratch))
         finally:
             bench.close()
-    text = markdown(runs, latency, info, "make bench" if _is_default(args) else _command())
-    print("\n" + text)
-    if args.write:
-        update_section(ROOT / "BENCHMARKS.md", "bench:results", text)
-        if profile:
-            update_section(ROOT / "BENCHMARKS.md", "bench:profile", profile)
+    command = "make bench" if _is_default(args) else _command()
+    sections = []
+    if not only_partial:
+        sections.append(("bench:results", markdown(runs, latency, info, command)))
+    if partial is not None:
+        normal = latency[0] if latency else None
+        sections.append(
+            ("bench:partial-failure", partial_failure_markdown(partial, normal, info, command))
+        )
+    for name, text in sections:
+        print("\n" + text)
+        if args.write:
+            update_section(ROOT / "BENCHMARKS.md", name, text)
+    if args.write and profile:
+        update_section(ROOT / "BENCHMARKS.md", "bench:profile", profile)
     if args.json:
-        args.json.write_text(json.dumps(as_json(runs, latency), indent=2))
-    return runs, latency
+        args.json.write_text(json.dumps(as_json(runs, latency, partial), indent=2))
+    return Session(runs, latency, partial)
 
 
 async def _latency(bench: Bench, scratch: Path) -> Latency:
@@ -217,7 +284,7 @@ async def _latency(bench: Bench, scratch: Path) -> Latency:
         scratch / "latency",
         rate=args.rate,
         seconds=args.seconds,
-        warmup=3,
+        warmup=args.warmup,
         partitions=args.partitions,
         pool_size=args.pool_size,
     )
@@ -225,6 +292,30 @@ async def _latency(bench: Bench, scratch: Path) -> Latency:
         bench.broker, rate=args.rate, seconds=args.seconds, partitions=args.partitions
     )
     return herald_latency, floor
+
+
+async def _partial_failure(bench: Bench, scratch: Path) -> PartialFailureResult:
+    args = bench.args
+    _say(
+        f"partial-failure runs: {args.partial_rate:.0f} events/s for {args.seconds:.0f} s, "
+        "nobody greylisted, then 1% of recipients answering 451"
+    )
+    result = await measure_partial_failure(
+        bench.broker,
+        scratch / "partial-failure",
+        rate=args.partial_rate,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        partitions=args.partitions,
+        pool_size=args.pool_size,
+    )
+    others = result.others
+    _say(
+        f"the other emails: {others.received}/{others.sent}, p99 {others.p99_ms:.1f} ms "
+        f"(control {result.control.p99_ms:.1f} ms); {result.greylisted} greylisted, "
+        f"{result.grey_delivered} delivered, {result.pending} pending"
+    )
+    return result
 
 
 async def _alternate(bench: Bench) -> list[RunResult]:
@@ -259,7 +350,14 @@ def _is_default(args: argparse.Namespace) -> bool:
 
 
 def _command() -> str:
-    return "python -m bench.run " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    """The command line, without the output options `--write` and `--json PATH`."""
+    words, argv = [], iter(sys.argv[1:])
+    for word in argv:
+        if word == "--json":
+            next(argv, None)
+        elif word != "--write" and not word.startswith("--json="):
+            words.append(word)
+    return "python -m bench.run " + " ".join(shlex.quote(w) for w in words)
 
 
 def _say(message: str) -> None:
@@ -269,8 +367,7 @@ def _say(message: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: exit 1 when a run did not count every email."""
     args = parse_args(argv)
-    runs, _ = asyncio.run(run(args))
-    if not all(r.complete for r in runs):
+    if not asyncio.run(run(args)).complete:
         raise SystemExit(1)
 
 

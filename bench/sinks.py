@@ -4,8 +4,11 @@
   reads its running counters (`mesg=N`, printed as each message's final "." arrives)
   from its stdout in a thread, timestamping each update.
 - `BuiltinSink` is a small asyncio SMTP server in a thread of the benchmark process:
-  for the smoke test (no Postfix needed) and for the latency run, where it records the
-  time each message was accepted by its `X-Herald-Event-Id`.
+  for the smoke test (no Postfix needed) and for the latency runs, where it records the
+  time each message was accepted by its `X-Herald-Event-Id`. Given `greylist`, it
+  answers `451 4.7.1 Greylisted` at RCPT for every address starting with it, for as
+  long as it runs (smtp-sink cannot refuse per recipient), and a DATA with no
+  recipient accepted `554 5.5.1 Error: no valid recipients`, as Postfix does.
 
 Both expose `count`, `first` and `last` (time.monotonic of the first and last
 acceptance) and `port`.
@@ -21,6 +24,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from bench.procs import cpu_seconds, free_port
@@ -30,6 +34,8 @@ __all__ = ["BuiltinSink", "PostfixSink", "find_smtp_sink"]
 _MESG = re.compile(rb"mesg=(\d+)")
 _EVENT_ID = b"\r\nX-Herald-Event-Id: "
 _EHLO = b"250-bench-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10485760\r\n"
+_GREYLISTED = b"451 4.7.1 Greylisted\r\n"
+_NO_RECIPIENTS = b"554 5.5.1 Error: no valid recipients\r\n"
 
 
 def find_smtp_sink() -> str | None:
@@ -100,12 +106,18 @@ class PostfixSink(_Counter):
 
 
 class BuiltinSink(_Counter):
-    """A minimal asyncio SMTP server; `accepted_at[event_id]` is a time.time()."""
+    """A minimal asyncio SMTP server; `accepted_at[event_id]` is a time.time().
 
-    def __init__(self) -> None:
+    `greylist`: a prefix of addresses refused with 451 at RCPT; `refused[address]`
+    counts the refusals.
+    """
+
+    def __init__(self, greylist: str | None = None) -> None:
         super().__init__()
         self.port = 0
         self.accepted_at: dict[str, float] = {}
+        self.greylist = b"<" + greylist.lower().encode() if greylist else None
+        self.refused: Counter[str] = Counter()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="smtp", daemon=True)
         self._server: asyncio.Server | None = None
@@ -135,6 +147,17 @@ class BuiltinSink(_Counter):
             event_id = message[start : message.find(b"\r\n", start)].decode("ascii", "replace")
             self.accepted_at[event_id] = time.time()
 
+    def greylisted(self, line: bytes) -> bool:
+        """Whether a RCPT command line names a greylisted address (counted if so)."""
+        if self.greylist is None:
+            return False
+        start = line.find(b"<")
+        if start < 0 or not line[start:].lower().startswith(self.greylist):
+            return False
+        address = line[start + 1 : line.find(b">", start)].decode("ascii", "replace")
+        self.refused[address] += 1
+        return True
+
     async def _listen(self) -> int:
         self._server = await self._loop.create_server(
             lambda: _Session(self), "127.0.0.1", 0, backlog=1000
@@ -143,12 +166,14 @@ class BuiltinSink(_Counter):
 
 
 class _Session(asyncio.Protocol):
-    """One SMTP session: every command accepted, DATA read up to the final dot."""
+    """One SMTP session: every command accepted but greylisted recipients, DATA read up to
+    the final dot."""
 
     def __init__(self, sink: BuiltinSink) -> None:
         self.sink = sink
         self.buffer = bytearray()
         self.in_data = False
+        self.recipients = 0  # accepted in the current transaction
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -176,19 +201,32 @@ class _Session(asyncio.Protocol):
         end = self.buffer.find(b"\r\n")
         if end < 0:
             return False
-        verb = bytes(self.buffer[:4]).upper()
+        line = bytes(self.buffer[:end])
+        verb = line[:4].upper()
         del self.buffer[: end + 2]
-        if verb == b"DATA":
-            self.in_data = True
+        if verb == b"RCPT":
+            if self.sink.greylisted(line):
+                self.transport.write(_GREYLISTED)
+            else:
+                self.recipients += 1
+                self.transport.write(b"250 2.1.5 Ok\r\n")
+        elif verb == b"DATA":
+            if not self.recipients:
+                self.transport.write(_NO_RECIPIENTS)
+                return True
+            self.in_data, self.recipients = True, 0
             self.buffer[:0] = b"\r\n"  # so that an empty message also ends in CRLF.CRLF
             self.transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+        elif verb in (b"MAIL", b"RSET"):
+            self.recipients = 0
+            self.transport.write(b"250 2.0.0 Ok\r\n")
         elif verb == b"EHLO":
             self.transport.write(_EHLO)
         elif verb == b"QUIT":
             self.transport.write(b"221 2.0.0 Bye\r\n")
             self.transport.close()
             self.transport = None
-        else:  # HELO, MAIL, RCPT, RSET, NOOP
+        else:  # HELO, NOOP
             self.transport.write(b"250 2.0.0 Ok\r\n")
         return True
 

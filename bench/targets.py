@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,9 +13,12 @@ import yaml
 
 from bench.procs import ROOT, Child, free_port, python
 
-__all__ = ["Target", "herald", "peer", "wait_ready"]
+__all__ = ["BENCH_RETRY", "Target", "herald", "metric", "peer", "scrape_metrics", "wait_ready"]
 
 SENDER = "Example <no-reply@example.com>"
+BENCH_RETRY = {"attempts": 5, "initial_backoff_s": 0.5, "max_backoff_s": 30}
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass
@@ -27,9 +31,19 @@ class Target:
 
 
 def herald(
-    workdir: Path, *, bootstrap: str, topic: str, smtp_port: int, pool_size: int
+    workdir: Path,
+    *,
+    bootstrap: str,
+    topic: str,
+    smtp_port: int,
+    pool_size: int,
+    retry: dict[str, float] | None = None,
 ) -> Target:
-    """Start `herald run` with the guarantees on: sqlite dedupe, retries, rate limit."""
+    """Start `herald run` with the guarantees on: sqlite dedupe, retries, rate limit.
+
+    `retry` is the `retry:` section (default `BENCH_RETRY`: nothing fails in the
+    throughput runs, so the schedule does not matter there).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     http_port = free_port()
     config = {
@@ -46,7 +60,7 @@ def herald(
             "timeout_s": 10,
             "pool_size": pool_size,
         },
-        "retry": {"attempts": 5, "initial_backoff_s": 0.5, "max_backoff_s": 30},
+        "retry": dict(retry or BENCH_RETRY),
         "rate_limit": {"per_recipient": 20, "window_s": 3600},
         "dedupe": {"backend": "sqlite", "path": str(workdir / "herald.db")},
         "http": {"host": "127.0.0.1", "port": http_port},
@@ -98,6 +112,44 @@ async def wait_ready(target: Target, timeout: float = 30) -> float | None:
             return time.monotonic() - target.child.started
         await asyncio.sleep(0.01)
     return None
+
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+async def scrape_metrics(target: Target) -> Samples:
+    """Herald's `GET /metrics`: (name, labels, value) per sample; [] if it does not answer."""
+    if target.http_port is None:
+        return []
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", target.http_port), 1
+        )
+    except (OSError, TimeoutError):
+        return []
+    try:
+        request = "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
+        response = await asyncio.wait_for(reader.read(), 5)
+    except (OSError, TimeoutError):
+        return []
+    finally:
+        writer.close()
+    samples: Samples = []
+    for line in response.partition(b"\r\n\r\n")[2].decode(errors="replace").splitlines():
+        if (match := _SAMPLE.match(line)) is not None:
+            name, labels, value = match.groups()
+            samples.append((name, dict(_LABEL.findall(labels or "")), float(value)))
+    return samples
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    return sum(
+        value
+        for sample, have, value in samples
+        if sample == name and all(have.get(k) == v for k, v in labels.items())
+    )
 
 
 async def _status(port: int, path: str) -> int | None:
