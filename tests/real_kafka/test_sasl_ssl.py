@@ -263,9 +263,9 @@ async def test_run_connects_once_the_login_is_accepted(
     for future in secure_kafka.admin.alter_user_scram_credentials([upsert]).values():
         future.result(timeout=30)
     created = time.monotonic()
-    await herald.wait_log("partitions assigned", timeout=60)
+    await herald.wait_log("kafka connected", timeout=60)  # consumer and retry consumer up
     print(f"connected {time.monotonic() - created:.2f} s after the user was created")
-    assert herald.logged("kafka connected")
+    assert herald.logged("partitions assigned")
     assert (await herald.get("/readyz"))[0] == 200
     assert await herald.stop() == 0
     assert password not in herald.raw_output()
