@@ -13,8 +13,9 @@ from service.config import (
     SendEmailAction,
     SetMetadataAction,
 )
-from service.flows import ActionFailed, ActionFn, CompiledAction, RunContext, expression_env
-from service.mail.mailer import EmailDeferred, EmailFailed, EmailRequest, Mailer
+from service.failures import ActionFailed, EmailDeferred, EmailFailed
+from service.flows import ActionFn, CompiledAction, RunContext, expression_env
+from service.mail.mailer import EmailRequest, Mailer
 from service.mail.render import template_context
 
 __all__ = ["compile_flows"]

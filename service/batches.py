@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from service.consumer import Processor
-from service.flows import ConsumptionPaused
+from service.failures import Outage
 from service.metrics import Metrics
 
 __all__ = ["BatchRunner", "Message"]
@@ -67,7 +67,7 @@ class BatchRunner:
         """Process one batch; commit only after every record finished."""
         try:
             await self.processor.process_batch(message.raw_message)
-        except ConsumptionPaused as exc:
+        except Outage as exc:
             await message.nack()
             await self._wait_out_outage(str(exc))
             return

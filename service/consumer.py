@@ -14,13 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.events import Event, MalformedEvent, parse_cloudevent
-from service.flows import (
-    ActionFailed,
-    ConsumptionPaused,
-    FlowEngine,
-    FlowResult,
-    LabelledCounter,
-)
+from service.failures import ActionFailed, Outage
+from service.flows import FlowEngine, FlowResult, LabelledCounter
 from service.logs import mask_address, mask_addresses
 from service.metrics import Metrics
 from service.outputs import Outputs, Record
@@ -73,7 +68,7 @@ class Processor:
             return_exceptions=True,
         )
         errors = [o for o in outcomes if isinstance(o, BaseException)]
-        paused = [e for e in errors if isinstance(e, ConsumptionPaused)]
+        paused = [e for e in errors if isinstance(e, Outage)]
         if paused or errors:
             raise (paused or errors)[0]
 
@@ -96,7 +91,7 @@ class Processor:
             return
         try:
             result = await self.engine.run(event)
-        except ConsumptionPaused:
+        except Outage:
             raise
         except Exception as exc:  # a bug in Herald itself: contain it to this event
             log.error("flow crashed", exc_info=exc, extra={"event_id": event.id})

@@ -14,6 +14,7 @@ from prometheus_client import Counter
 
 from service.config import BaseAction, Config
 from service.events import Event
+from service.failures import ActionFailed, Outage
 from service.mail.render import FlatGlobals
 from service.metrics import Metrics
 
@@ -21,9 +22,7 @@ if TYPE_CHECKING:
     from service.mail.mailer import EmailRequest
 
 __all__ = [
-    "ActionFailed",
     "CompiledAction",
-    "ConsumptionPaused",
     "FlowEngine",
     "FlowResult",
     "LabelledCounter",
@@ -66,20 +65,6 @@ class LabelledCounter:
         if child is None:
             child = self._children[labels] = self._counter.labels(*labels)
         child.inc()
-
-
-class ConsumptionPaused(Exception):
-    """The event cannot be processed now (a dependency is down altogether): not a failure
-    of the event. Consumption pauses and the event is processed again later."""
-
-
-class ActionFailed(Exception):
-    """An action could not complete; `error` is its class for the DLQ and metrics."""
-
-    def __init__(self, error: str, reason: str) -> None:
-        super().__init__(reason)
-        self.error = error
-        self.reason = reason
 
 
 @dataclass
@@ -212,7 +197,7 @@ class FlowEngine:
                 return "skipped"
             async with asyncio.timeout(cfg.timeout_s):
                 return await action.run(ctx)
-        except ConsumptionPaused:
+        except Outage:
             raise
         except ActionFailed as exc:
             ctx.result.failure = exc

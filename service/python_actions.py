@@ -12,8 +12,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from service.config import PythonAction
-from service.flows import ActionFailed, ActionFn, RunContext
-from service.mail.mailer import EmailDeferred, EmailFailed, EmailRequest, Mailer
+from service.failures import ActionFailed, EmailDeferred, EmailFailed
+from service.flows import ActionFn, RunContext
+from service.mail.mailer import EmailRequest, Mailer
 from service.mail.render import template_context
 
 __all__ = ["ActionNotAllowed", "Api", "Obj", "load_handler", "python_action"]

@@ -46,8 +46,9 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from service.events import Event, MalformedEvent
-from service.flows import ConsumptionPaused, event_view
-from service.mail.mailer import EmailDeferred, EmailFailed, EmailRequest, Mailer
+from service.failures import EmailDeferred, EmailFailed, Outage
+from service.flows import event_view
+from service.mail.mailer import EmailRequest, Mailer
 from service.mail.render import template_context
 from service.metrics import Metrics
 from service.outputs import Outputs, Record
@@ -200,7 +201,7 @@ class Retrier:
         )
 
     async def attempt(self, item: RetryItem) -> None:
-        """Make the item's attempt. Raises ConsumptionPaused during an outage."""
+        """Make the item's attempt. Raises Outage while the SMTP server or the store is down."""
         try:
             event = self.parse(item.original.value, item.original.headers)
         except MalformedEvent as exc:
@@ -384,7 +385,7 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             assert due.item is not None
             try:
                 await self.retrier.attempt(due.item)
-            except ConsumptionPaused as exc:
+            except Outage as exc:
                 log.warning("retry waits for an outage", extra={"reason": str(exc)})
                 due.due = time.time() + _OUTAGE_DELAY_S
                 due.seq = next(self._seq)

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.dedupe import Claim, DedupeStore, DedupeUnavailable, dedupe_key
-from service.flows import ConsumptionPaused, LabelledCounter
+from service.failures import (
+    EmailDeferred,
+    EmailFailed,
+    PermanentlyRejected,
+    SmtpUnavailable,
+    StoreUnavailable,
+)
+from service.flows import LabelledCounter
 from service.logs import mask_address
 from service.mail.message import InvalidAddress, Mailbox, build_message, parse_mailbox
 from service.mail.render import Renderer, TemplateError
@@ -23,14 +30,7 @@ from service.mail.transport import DeliveryError, PermanentError, ServerUnavaila
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter, Token
 
-__all__ = [
-    "EmailDeferred",
-    "EmailFailed",
-    "EmailRequest",
-    "Mailer",
-    "SmtpUnavailable",
-    "Transport",
-]
+__all__ = ["EmailRequest", "Mailer", "Transport"]
 
 log = logging.getLogger(__name__)
 #: How often a claim held by another sender is looked at again (first, then at most).
@@ -41,36 +41,6 @@ class Transport(Protocol):
     """Something that hands prebuilt message bytes to an SMTP server."""
 
     async def send(self, sender: str, recipients: list[str], message: bytes) -> str: ...
-
-
-class SmtpUnavailable(ConsumptionPaused):
-    """The SMTP server cannot be reached at all: pause, don't fail the email."""
-
-
-class StoreUnavailable(ConsumptionPaused):
-    """The dedupe store cannot be reached: pause rather than risk sending twice."""
-
-
-class EmailDeferred(Exception):
-    """This attempt failed transiently (`reason`: the server's reply or the error); the
-    email is neither sent nor claimed, and may be tried again later."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class EmailFailed(Exception):
-    """The email will not be sent; `error` names the class of failure for the DLQ."""
-
-    def __init__(self, error: str, reason: str) -> None:
-        super().__init__(reason)
-        self.error = error
-        self.reason = reason
-
-
-class PermanentlyRejected(EmailFailed):
-    """The server refused the email for good (5xx): it was handed over and counts."""
 
 
 @dataclass(frozen=True, slots=True)
