@@ -13,8 +13,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from service.events import Event, MalformedEvent, parse_cloudevent
-from service.failures import ActionFailed, Outage
+from service.events import Event, MalformedEvent, parse_cloudevent, present_headers
+from service.failures import ActionFailed, Outage, OutputFailed
 from service.flows import FlowEngine, FlowResult, LabelledCounter
 from service.logs import mask_address, mask_addresses
 from service.metrics import Metrics
@@ -80,8 +80,9 @@ class Processor:
     async def process(self, record: Record) -> None:
         """One record to its fate: done, skipped or dead-lettered."""
         started = time.perf_counter()
+        headers = present_headers(record.headers)
         try:
-            event = self.parse(record.value, record.headers)
+            event = self.parse(record.value, headers)
         except MalformedEvent as exc:
             await self._dead_letter(record, None, "MalformedEvent", str(exc), started)
             return
@@ -102,7 +103,11 @@ class Processor:
             failure = result.failure
             await self._dead_letter(record, event, failure.error, failure.reason, started, result)
             return
-        await self._publish(event, result, _headers(record.headers))
+        try:
+            await self._publish(event, result, _headers(headers))
+        except OutputFailed as exc:
+            await self._dead_letter(record, event, exc.error, exc.reason, started, result)
+            return
         self._finished(event, "failed_closed" if result.failure else "ok", started, result)
 
     async def _defer(self, record: Record, result: FlowResult) -> None:

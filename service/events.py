@@ -15,6 +15,7 @@ __all__ = [
     "Event",
     "MalformedEvent",
     "parse_cloudevent",
+    "present_headers",
     "validate_envelope",
 ]
 
@@ -51,7 +52,14 @@ class Event:
         return str(self.user["user_id"])
 
 
-def parse_cloudevent(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> Event | None:
+def present_headers(headers: Sequence[tuple[str, bytes | None]]) -> list[tuple[str, bytes]]:
+    """The headers that count: a Kafka header whose value is null counts as absent (SPEC §5)."""
+    return [(name, value) for name, value in headers if value is not None]
+
+
+def parse_cloudevent(
+    value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+) -> Event | None:
     """Parse one Kafka record as a CloudEvent, structured or binary mode.
 
     Returns None for a well-formed event of a type Herald has no trigger for (skipped,
@@ -62,7 +70,7 @@ def parse_cloudevent(value: bytes | None, headers: Sequence[tuple[str, bytes]]) 
     if len(value) > MAX_EVENT_BYTES:
         raise MalformedEvent(f"value is {len(value)} bytes, over the 1 MiB limit")
     body = _loads(value)
-    attributes = _binary_attributes(headers)
+    attributes = _binary_attributes(present_headers(headers))
     envelope = {**attributes, "data": body} if attributes else body
     return validate_envelope(envelope)
 

@@ -14,6 +14,9 @@
           │    └── PermanentlyRejected   the server refused it (5xx)
           ├── ActionFailed          an action raised, ran past its timeout, or its `when`
           │                         could not be evaluated
+          ├── OutputFailed          an output cannot be published: a value JSON cannot
+          │                         encode or too large for Kafka, a `reply_to` topic
+          │                         Kafka does not know or refuses (after retries)
           └── MalformedEvent (events.py)  not JSON, a required field missing, too large
                                  → dead letter with `error` (x-herald-error) and `reason`
 
@@ -24,7 +27,9 @@ Where each is decided, once per dependency:
 - The dedupe store: `service.dedupe.redis_call` raises `DedupeUnavailable`; `Mailer`
   turns it into `StoreUnavailable`.
 - Kafka: `service.kafka.diagnose` maps client errors into `KafkaUnavailable`, for the
-  connection loop of `herald run` and for the CLI.
+  connection loop of `herald run` and for the CLI. Producing, `service.outputs` raises
+  `OutputFailed` for a fault of the one record; any other Kafka error (a dead letter
+  that cannot be written among them) propagates and the batch is rewound.
 - Input: `service.events` is the one place that decides "malformed".
 
 Everything else catches only at the edge: `Processor.process` (one record → its fate),
@@ -38,6 +43,7 @@ __all__ = [
     "EmailDeferred",
     "EmailFailed",
     "Outage",
+    "OutputFailed",
     "Permanent",
     "PermanentlyRejected",
     "SmtpUnavailable",
@@ -87,3 +93,10 @@ class PermanentlyRejected(EmailFailed):
 
 class ActionFailed(Permanent):
     """An action could not complete."""
+
+
+class OutputFailed(Permanent):
+    """One event's output cannot be published, now or later (SPEC §6)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("OutputFailed", reason)

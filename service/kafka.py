@@ -31,6 +31,8 @@ from faststream.security import (
 )
 
 from service.config import KafkaConfig
+from service.events import present_headers
+from service.outputs import MAX_REQUEST_BYTES
 
 __all__ = [
     "GRACEFUL_TIMEOUT_S",
@@ -87,6 +89,8 @@ def producer_options(cfg: KafkaConfig) -> dict[str, Any]:
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
+        # Outputs checks a dead letter against this before sending it (SPEC §6).
+        "max_request_size": MAX_REQUEST_BYTES,
         **parse_security(security(cfg)),
     }
 
@@ -154,10 +158,13 @@ def declare_subscriber(
 
 
 async def _keep_raw_headers(records: tuple[ConsumerRecord, ...], original: Any) -> Any:
-    """FastStream decodes every header as UTF-8 and fails on other bytes; Herald must
-    keep them byte-exact for dead letters, so parse a header-safe copy, keep the raw."""
+    """FastStream decodes every header as UTF-8 and fails on other bytes or a null value;
+    Herald must keep them byte-exact for dead letters, so parse a header-safe copy (a null
+    header left out: it counts as absent), keep the raw."""
     safe = tuple(
-        dataclasses.replace(r, headers=[(k, _utf8_or_empty(v)) for k, v in r.headers])
+        dataclasses.replace(
+            r, headers=[(k, _utf8_or_empty(v)) for k, v in present_headers(r.headers)]
+        )
         for r in records
     )
     message = await original(safe)
@@ -165,7 +172,7 @@ async def _keep_raw_headers(records: tuple[ConsumerRecord, ...], original: Any) 
     return message
 
 
-def _utf8_or_empty(value: bytes | None) -> bytes:
+def _utf8_or_empty(value: bytes) -> bytes:
     if not value:
         return b""
     with contextlib.suppress(UnicodeDecodeError):

@@ -23,3 +23,13 @@ async def too_slow(event: Any, api: Any) -> None:
 
 async def redirects_on_signup(event: Any, api: Any) -> None:
     api.redirect.send_user_to("https://example.com/elsewhere")
+
+
+async def sets_a_set(event: Any, api: Any) -> None:
+    """Metadata JSON cannot encode: a set."""
+    api.user.set_app_metadata("roles", {"admin", "staff"})
+
+
+async def sets_a_huge_int(event: Any, api: Any) -> None:
+    """Metadata JSON (orjson) cannot encode: an int over 64 bits."""
+    api.user.set_user_metadata("counter", 2**70)

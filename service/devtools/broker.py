@@ -56,7 +56,13 @@ _OPTIONAL: dict[str, tuple[Any, list[Any]]] = {
         None,
         [ctypes.c_void_p, ctypes.c_int32, ctypes.c_char_p, ctypes.c_int],
     ),
+    "rd_kafka_mock_topic_set_error": (None, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]),
+    "rd_kafka_mock_push_request_errors_array": (
+        None,
+        [ctypes.c_void_p, ctypes.c_int16, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int)],
+    ),
 }
+_PRODUCE_API_KEY = 0
 
 
 class BrokerError(RuntimeError):
@@ -246,6 +252,28 @@ class EmbeddedKafka:
             err = lib.rd_kafka_mock_topic_create(mc, name.encode(), count, replicas)
         if err:
             raise BrokerError(f"cannot create topic {name!r}: {_err2str(lib, err)}")
+
+    def fail_topic(self, name: str, error: int) -> None:
+        """Answer metadata requests for ``name`` with Kafka error code ``error`` (0 clears
+        it): 3 is a topic the cluster does not know (a real broker without auto-creation),
+        29 one the client may not use (ACLs). The mock cluster itself auto-creates every
+        topic a client asks for and accepts any name, so this is how to refuse one."""
+        with self._lock:
+            lib, mc = self._require_started()
+            set_error = _optional(lib, "rd_kafka_mock_topic_set_error")
+            if set_error is None:
+                raise BrokerError("this librdkafka cannot fail a topic")
+            set_error(mc, name.encode(), error)
+
+    def fail_next_produce(self, error: int, count: int = 1) -> None:
+        """The next ``count`` produce requests to the cluster, from any client, fail with
+        Kafka error code ``error`` (10: the broker refuses the message as too large)."""
+        with self._lock:
+            lib, mc = self._require_started()
+            push = _optional(lib, "rd_kafka_mock_push_request_errors_array")
+            if push is None:
+                raise BrokerError("this librdkafka cannot fail produce requests")
+            push(mc, _PRODUCE_API_KEY, count, (ctypes.c_int * count)(*[error] * count))
 
     def stop(self) -> None:
         """Stop the cluster; all topics, offsets and groups are lost."""
