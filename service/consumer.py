@@ -98,7 +98,11 @@ class Processor:
             log.error("flow crashed", exc_info=exc, extra={"event_id": event.id})
             await self._dead_letter(record, event, "InternalError", str(exc), started)
             return
-        await self._defer(record, result)
+        try:
+            await self._defer(record, result)
+        except OutputFailed as exc:  # the retry item cannot be written: this event's end
+            await self._dead_letter(record, event, exc.error, exc.reason, started, result)
+            return
         if result.failure is not None and not event.trigger.synchronous:
             failure = result.failure
             await self._dead_letter(record, event, failure.error, failure.reason, started, result)

@@ -229,9 +229,15 @@ class Outputs:
         """An email's next attempt → `<input topic><retry_suffix>`: the original record's
         key, value and headers, plus the retry's own headers (service/retries.py)."""
         topic = original.topic + self.retry_suffix
-        await self.producer.send_and_wait(
-            topic, original.value, key=original.key, headers=[*original.headers, *headers]
-        )
+        all_headers = [*original.headers, *headers]
+        if _size(original.key, original.value or b"", all_headers) > self.max_request_size:
+            raise OutputFailed(f"the retry item for {topic} is too large for Kafka")
+        try:
+            await self.producer.send_and_wait(
+                topic, original.value, key=original.key, headers=all_headers
+            )
+        except MessageSizeTooLargeError:
+            raise OutputFailed(f"the retry item for {topic} is too large for Kafka") from None
         return topic
 
 

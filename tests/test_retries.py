@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from service.devtools.broker import EmbeddedKafka
@@ -160,3 +161,28 @@ async def test_a_long_outage_does_not_use_up_the_rate_limit(
             limited = metric(herald, "herald_emails_total", outcome="rate_limited")
     assert per_event(back) == {event["id"]: 1}
     assert limited == 0
+
+
+async def test_an_event_too_large_for_its_retry_item_is_dead_lettered(
+    kafka: EmbeddedKafka, client: Kafka, tmp_path: Path
+) -> None:
+    """An event just under 1 MiB whose email fails transiently: its retry item (the event
+    plus the retry headers) would exceed Kafka's request size. The event is dead-lettered
+    as OutputFailed instead of rewinding its batch forever; the next one goes out."""
+    with GreylistingSMTP() as server:
+        config = make_config(kafka, server, tmp_path, retry={"attempts": 3})
+        topic = config.kafka.topics[0]
+        big = grey_event()
+        big["data"]["user"]["app_metadata"] = {"pad": ""}  # type: ignore[index]
+        size = len(orjson.dumps(big))
+        big["data"]["user"]["app_metadata"] = {"pad": "x" * (1024 * 1024 - 200 - size)}  # type: ignore[index]
+        after = load_example("post-change-password", user_id="user-grey")
+        async with running(config):
+            await client.send(topic, big)
+            await client.send(topic, after)
+            [dead] = await client.read(topic + ".dlq", 1, timeout=20)
+            await server.wait_for(1, timeout=20)
+    headers = dict(dead.headers)
+    assert headers["x-herald-error"] == b"OutputFailed"
+    assert b"retry item" in headers["x-herald-reason"]
+    assert per_event(server) == {after["id"]: 1}
