@@ -229,7 +229,7 @@ class Outputs:
         """An email's next attempt → `<input topic><retry_suffix>`: the original record's
         key, value and headers, plus the retry's own headers (service/retries.py)."""
         topic = original.topic + self.retry_suffix
-        all_headers = [*original.headers, *headers]
+        all_headers: list[tuple[str, bytes | None]] = [*original.headers, *headers]
         if _size(original.key, original.value or b"", all_headers) > self.max_request_size:
             raise OutputFailed(f"the retry item for {topic} is too large for Kafka")
         try:
