@@ -65,7 +65,7 @@ class FakeTransport:
     def __init__(self) -> None:
         self.sent = 0
 
-    async def send(self, sender: str, recipients: list[str], message: bytes) -> str:
+    async def send(self, sender: str, recipients: list[str], message: bytes, **options: Any) -> str:
         self.sent += 1
         return "250 OK"
 

@@ -340,5 +340,6 @@ def _smtp_pool(config: Config) -> SmtpPool:
         username=smtp.username,
         password=smtp.password.get_secret_value(),
         timeout_s=smtp.timeout_s,
+        data_timeout_s=smtp.data_timeout_s,
         size=smtp.pool_size,
     )

@@ -159,7 +159,10 @@ class SmtpConfig(_Model):
     username: str = ""
     password: SecretStr = SecretStr("")
     from_: str = Field(default="Example <no-reply@example.com>", alias="from")
-    timeout_s: float = Field(default=10, gt=0)
+    timeout_s: float = Field(default=10, gt=0)  # connect and every command
+    # The reply to the final "." only: RFC 5321 §4.5.3.2.6 gives it 10 minutes, and
+    # giving up sooner leaves an email that may have been accepted (`uncertain`).
+    data_timeout_s: float = Field(default=600, gt=0)
     pool_size: int = Field(default=4, ge=1, le=64)
 
     _address = field_validator("from_")(_check_address)

@@ -9,21 +9,28 @@
      ├── EmailDeferred           this email's attempt failed transiently (4xx, a timeout,
      │                           a dropped connection)
      │                           → the email goes to the retry topic; the batch commits
-     └── Permanent               this record (or email) will never succeed as it is
-          ├── EmailFailed           no usable address, a template that fails, a 5xx reply
-          │    └── PermanentlyRejected   the server refused it (5xx)
-          ├── ActionFailed          an action raised, ran past its timeout, or its `when`
-          │                         could not be evaluated
-          ├── OutputFailed          an output cannot be published: a value JSON cannot
-          │                         encode or too large for Kafka, a `reply_to` topic
-          │                         Kafka does not know or refuses (after retries)
-          └── MalformedEvent (events.py)  not JSON, a required field missing, too large
-                                 → dead letter with `error` (x-herald-error) and `reason`
+     ├── Permanent               this record (or email) will never succeed as it is
+     │    ├── EmailFailed           no usable address, a template that fails, a 5xx reply
+     │    │    └── PermanentlyRejected   the server refused it (5xx)
+     │    ├── ActionFailed          an action raised, ran past its timeout, or its `when`
+     │    │                         could not be evaluated
+     │    ├── OutputFailed          an output cannot be published: a value JSON cannot
+     │    │                         encode or too large for Kafka, a `reply_to` topic
+     │    │                         Kafka does not know or refuses (after retries)
+     │    └── MalformedEvent (events.py)  not JSON, a required field missing, too large
+     │                           → dead letter with `error` (x-herald-error) and `reason`
+     └── DeliveryUncertain (mail/transport.py)  the message went out but its reply never
+                                 came (a timeout after the final ".", a lost connection;
+                                 or this task was cancelled meanwhile): the server may
+                                 have it, and sending again could deliver it twice
+                                 → `Mailer` records it as sent and returns the outcome
+                                   `uncertain` (counted, logged); never re-sent, never
+                                   dead-lettered (RFC 1047)
 
 Where each is decided, once per dependency:
 - SMTP: `service.mail.transport.classify` maps aiosmtplib's errors into
-  `DeliveryError` (transient / permanent / server unavailable); `Mailer` turns those
-  into the fates above.
+  `DeliveryError` (transient / permanent / server unavailable / uncertain); `Mailer`
+  turns those into the fates above (an uncertain one never leaves it as an exception).
 - The dedupe store: `service.dedupe.redis_call` raises `DedupeUnavailable`; `Mailer`
   turns it into `StoreUnavailable`.
 - Kafka: `service.kafka.diagnose` maps client errors into `KafkaUnavailable`, for the

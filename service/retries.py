@@ -19,7 +19,7 @@ an item due later never holds back one due sooner. A retry-topic offset is commi
 only up to the oldest item not finished, so an item survives SIGKILL. Fates per attempt
 (`Retrier.attempt`):
 
-- sent, duplicate, rate-limited → done;
+- sent, uncertain (never re-sent), duplicate, rate-limited → done;
 - transient again → a new item with the next attempt number, or, after
   `retry.attempts`, a dead letter `SmtpRetriesExhausted` with the last reply;
 - permanent → a dead letter with its reason;

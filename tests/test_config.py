@@ -128,6 +128,16 @@ def test_out_of_range_and_bad_choice() -> None:
     assert found[1].startswith("herald.yaml:4: dedupe.backend: Input should be 'sqlite'")
 
 
+def test_data_timeout_is_its_own_and_positive() -> None:
+    """`smtp.data_timeout_s` bounds only the reply to the final "." (SPEC §4)."""
+    smtp = parse("smtp:\n  timeout_s: 1\n").smtp
+    assert (smtp.timeout_s, smtp.data_timeout_s) == (1, 600)
+    assert parse("smtp:\n  data_timeout_s: 0.5\n").smtp.data_timeout_s == 0.5
+    assert problems("smtp:\n  data_timeout_s: 0\n") == [
+        "herald.yaml:2: smtp.data_timeout_s: Input should be greater than 0"
+    ]
+
+
 def test_unknown_trigger() -> None:
     text = """\
         flows:

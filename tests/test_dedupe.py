@@ -408,7 +408,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.sent: list[list[str]] = []
 
-    async def send(self, sender: str, recipients: list[str], message: bytes) -> str:
+    async def send(self, sender: str, recipients: list[str], message: bytes, **options: Any) -> str:
         self.sent.append(recipients)
         return "250 OK"
 

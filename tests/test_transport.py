@@ -24,8 +24,10 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from aiosmtplib import (
     SMTPConnectError,
     SMTPDataError,
+    SMTPReadTimeoutError,
     SMTPRecipientRefused,
     SMTPRecipientsRefused,
+    SMTPResponseException,
     SMTPServerDisconnected,
 )
 from aiosmtplib.email import quote_address
@@ -34,9 +36,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.mail import smtp_session
-from service.mail.smtp_session import Envelope, data_payload
+from service.mail.smtp_session import DataUnanswered, Envelope, data_payload
 from service.mail.transport import (
     DeliveryError,
+    DeliveryUncertain,
     PermanentError,
     ServerUnavailable,
     SmtpPool,
@@ -75,7 +78,9 @@ class Recorder:
     data_replies: list[str] = field(default_factory=list)  # consumed one per DATA
     rejected: dict[str, str] = field(default_factory=dict)  # recipient -> RCPT reply
     drop_reused: str = ""  # "close" or "421": break the 2nd MAIL of every session
-    data_delay_s: float = 0.0
+    data_delay_s: float = 0.0  # before answering the final "." (the message is kept)
+    rcpt_delay_s: float = 0.0
+    drop_after_data: bool = False  # keep the message, close without answering it
     pipelining: bool = False  # offer PIPELINING in the reply to EHLO
     messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
     peers: set[Any] = field(default_factory=set)  # one per connection
@@ -107,6 +112,7 @@ class Recorder:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
+        await asyncio.sleep(self.rcpt_delay_s)
         if address in self.rejected:
             return self.rejected[address]
         envelope.rcpt_tos.append(address)
@@ -117,13 +123,14 @@ class Recorder:
         self.helo_names.append(session.host_name)
         self.tls.append(server.transport.get_extra_info("ssl_object") is not None)
         self.authenticated.append(bool(session.authenticated))
-        if self.data_delay_s:
-            await asyncio.sleep(self.data_delay_s)
         reply = self.data_replies.pop(0) if self.data_replies else "250 2.0.0 Ok: queued as 42"
-        if reply.startswith("2"):
+        if reply.startswith("2"):  # taken now, as a real server queues before it answers
             self.messages.append(
                 (envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
             )
+        if self.drop_after_data:
+            server.transport.close()
+        await asyncio.sleep(self.data_delay_s)
         return reply
 
 
@@ -710,11 +717,103 @@ async def test_silent_server_times_out_within_timeout() -> None:
 
 
 async def test_slow_reply_mid_session_is_transient(server: Server) -> None:
-    server.handler.data_delay_s = 1.0
+    server.handler.rcpt_delay_s = 1.0
     async with make_pool(server.port, timeout_s=0.3) as pool:
         with pytest.raises(TransientError, match="timed out") as caught:
             await send_one(pool)
     assert not isinstance(caught.value, ServerUnavailable)
+    assert server.handler.messages == []
+
+
+# --- the reply to the message: slow is fine, missing is uncertain ----------------------
+
+
+async def test_slow_reply_to_the_message_waits_for_data_timeout(server: Server) -> None:
+    """`timeout_s` bounds every command but not the reply to the final ".": RFC 5321
+    gives that one 10 minutes, and giving up on it is how mail is delivered twice."""
+    server.handler.data_delay_s = 1.0
+    async with make_pool(server.port, timeout_s=0.3, data_timeout_s=3) as pool:
+        assert await send_one(pool) == "2.0.0 Ok: queued as 42"
+        assert await send_one(pool) == "2.0.0 Ok: queued as 42"  # the connection was kept
+    assert len(server.handler.messages) == 2
+    assert len(server.handler.peers) == 1
+
+
+async def test_no_reply_to_the_message_within_data_timeout_is_uncertain(server: Server) -> None:
+    server.handler.data_delay_s = 1.5
+    sent = asyncio.Event()
+    async with make_pool(server.port, timeout_s=2, data_timeout_s=0.3) as pool:
+        started = time.monotonic()
+        with pytest.raises(DeliveryUncertain) as caught:
+            await pool.send(SENDER, [RCPT], MESSAGE, data_sent=sent)
+        assert time.monotonic() - started < 1.2
+        assert sent.is_set()
+        server.handler.data_delay_s = 0
+        assert await send_one(pool) == "2.0.0 Ok: queued as 42"  # on a fresh connection
+    assert not isinstance(caught.value, TransientError)
+    where = f"{HOST}:{server.port}"
+    assert caught.value.reason == f"timed out waiting for {where} to answer the message"
+    assert len(server.handler.peers) == 2  # the unanswered connection was not reused
+
+
+async def test_connection_lost_before_the_reply_to_the_message_is_uncertain(
+    server: Server,
+) -> None:
+    server.handler.drop_after_data = True
+    async with make_pool(server.port) as pool:
+        with pytest.raises(DeliveryUncertain, match="lost before it answered the message"):
+            await send_one(pool)
+    assert server.handler.messages == [(SENDER, [RCPT], MESSAGE)]  # it had the email
+
+
+async def test_pipelined_message_never_answered_is_uncertain(raw: RawServer) -> None:
+    raw.replies[b"."] = b""  # MAIL, RCPT and DATA answered; the message is not
+    async with make_pool(raw.port, timeout_s=2, data_timeout_s=0.3) as pool:
+        with pytest.raises(DeliveryUncertain, match="timed out"):
+            await send_one(pool)
+    assert len(raw.messages) == 1
+
+
+@pytest.mark.parametrize("refusal", ["451 4.7.1 Greylisted", "550 5.1.1 No such user"])
+async def test_data_sent_is_not_set_before_the_message_goes_out(
+    server: Server, refusal: str
+) -> None:
+    server.handler.rejected = {RCPT: refusal}
+    sent = asyncio.Event()
+    async with make_pool(server.port) as pool:
+        with pytest.raises(DeliveryError) as caught:
+            await pool.send(SENDER, [RCPT], MESSAGE, data_sent=sent)
+    assert not sent.is_set()
+    assert not isinstance(caught.value, DeliveryUncertain)
+
+
+def test_data_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="data_timeout_s"):
+        make_pool(25, data_timeout_s=0)
+
+
+def test_missing_reply_to_the_message_is_uncertain_and_nothing_else_is() -> None:
+    where = "mail.example.com:25"
+    timeout = SMTPReadTimeoutError("Timed out waiting for server response")
+    lost = SMTPServerDisconnected("Connection lost")
+    garbled = SMTPResponseException(-1, "Malformed SMTP response line: ???")
+    for error in (timeout, lost, garbled):
+        uncertain = classify(DataUnanswered(error), where)
+        assert type(uncertain) is DeliveryUncertain
+        assert not isinstance(uncertain, TransientError | PermanentError)
+    assert classify(DataUnanswered(timeout), where).reason == (
+        f"timed out waiting for {where} to answer the message"
+    )
+    assert classify(DataUnanswered(lost), where).reason == (
+        f"connection to {where} lost before it answered the message: Connection lost"
+    )
+    assert "unreadable reply" in classify(DataUnanswered(garbled), where).reason
+    # The same errors before the message went out: transient, as ever.
+    assert type(classify(timeout, where)) is TransientError
+    assert type(classify(lost, where)) is TransientError
+    # A reply to the message is an answer: it is classified by its code.
+    assert type(classify(SMTPDataError(451, "4.3.0 try later"), where)) is TransientError
+    assert type(classify(SMTPDataError(554, "5.6.0 rejected"), where)) is PermanentError
 
 
 # --- TLS -----------------------------------------------------------------------------

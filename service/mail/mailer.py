@@ -4,6 +4,11 @@ One attempt per call. A transient failure (a 4xx reply, a timeout, a dropped
 connection) raises `EmailDeferred`: the caller schedules the next attempt on the retry
 topic (service/retries.py) instead of waiting here, so one greylisting recipient never
 holds back anyone else's email.
+
+Once the message itself went out, only the server's reply says it was not accepted.
+Without one (a timeout, a lost connection, this task cancelled meanwhile) the email is
+`uncertain`: recorded like a sent one, so nothing re-sends it automatically (RFC 1047).
+The claim is released only when the email was certainly not delivered.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ from service.flows import LabelledCounter
 from service.logs import mask_address
 from service.mail.message import InvalidAddress, Mailbox, build_message, parse_mailbox
 from service.mail.render import Renderer, TemplateError
-from service.mail.transport import DeliveryError, PermanentError, ServerUnavailable
+from service.mail.transport import (
+    DeliveryError,
+    DeliveryUncertain,
+    PermanentError,
+    ServerUnavailable,
+)
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter, Token
 
@@ -38,9 +48,17 @@ _HELD_POLL_S = (0.05, 1.0)
 
 
 class Transport(Protocol):
-    """Something that hands prebuilt message bytes to an SMTP server."""
+    """Something that hands prebuilt message bytes to an SMTP server, setting `data_sent`
+    once the message went out (raising `DeliveryUncertain` if its reply never came)."""
 
-    async def send(self, sender: str, recipients: list[str], message: bytes) -> str: ...
+    async def send(
+        self,
+        sender: str,
+        recipients: list[str],
+        message: bytes,
+        *,
+        data_sent: asyncio.Event | None = None,
+    ) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +98,10 @@ class Mailer:
         self.rate_limiter = rate_limiter  # None: unlimited
 
     async def send(self, request: EmailRequest) -> str:
-        """Make one attempt at one email; returns the outcome (`sent`, `duplicate` or
-        `rate_limited`), or raises EmailDeferred (try again later), EmailFailed (never),
-        SmtpUnavailable / StoreUnavailable (an outage: pause consumption)."""
+        """Make one attempt at one email; returns the outcome (`sent`, `uncertain`,
+        `duplicate` or `rate_limited`), or raises EmailDeferred (try again later),
+        EmailFailed (never), SmtpUnavailable / StoreUnavailable (an outage: pause
+        consumption)."""
         recipient = _mailbox(request.to, request.to_name, "recipient")
         key = dedupe_key(request.event_id, request.action_id, recipient.address)
         claim = await self._claim(key)
@@ -91,26 +110,39 @@ class Mailer:
         if claim is Claim.SENT:
             self._emails.inc(request.template, "duplicate")
             return "duplicate"
-        allowed = token = None
+        return await self._attempt(key, request, recipient)
+
+    async def _attempt(self, key: str, request: EmailRequest, recipient: Mailbox) -> str:
+        """Rate limit and send under our claim, then record or release it."""
+        token = None
+        data_sent = asyncio.Event()  # set by the transport once the message went out
         try:
             allowed, token = await self._within_limit(recipient)
-            if allowed:
-                await self._deliver(request, recipient)
+            outcome = await self._deliver(request, recipient, data_sent) if allowed else None
         except BaseException as exc:
+            if data_sent.is_set() and not isinstance(exc, Exception):
+                # Cancelled (an action's timeout_s, a failing sibling, shutdown) while the
+                # reply to the message was awaited: the server may have it. Recorded as
+                # uncertain at once rather than shielding the wait, which would hold the
+                # cancellation for up to smtp.data_timeout_s.
+                self._uncertain(request, recipient, "cancelled while awaiting the reply")
+                self._emails.inc(request.template, "uncertain")
+                await self._record_anyway(key, request)
+                raise
             await self._release(key)
             if token is not None and not isinstance(exc, PermanentlyRejected):
                 # The server did not take it: it does not count against the limit.
                 await self._refund(recipient, token)
             raise
-        if not allowed:
+        if outcome is None:
             # Skipped for good (not a failure, not dead-lettered); nothing was sent, so the
             # claim is released rather than recorded.
             await self._release(key)
             self._rate_limited(request, recipient)
             return "rate_limited"
-        await self._record(key, request)
-        self._emails.inc(request.template, "sent")
-        return "sent"
+        self._emails.inc(request.template, outcome)
+        await self._record_anyway(key, request)
+        return outcome
 
     async def _await_holder(self, key: str, request: EmailRequest) -> Claim:
         """Another sender holds the claim (an instance that lost this partition in a
@@ -156,7 +188,21 @@ class Mailer:
                 },
             )
 
-    async def _deliver(self, request: EmailRequest, recipient: Mailbox) -> None:
+    async def _record_anyway(self, key: str, request: EmailRequest) -> None:
+        """Record an email handed to the server even if this task is cancelled meanwhile.
+
+        Inline as a rule (the record follows the reply at once); only a cancellation
+        that lands in it writes it again, shielded (records are idempotent)."""
+        try:
+            await self._record(key, request)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._record(key, request))
+            raise
+
+    async def _deliver(
+        self, request: EmailRequest, recipient: Mailbox, data_sent: asyncio.Event
+    ) -> str:
+        """Render and send; `sent`, or `uncertain` when the reply to the message is missing."""
         try:
             rendered = self.renderer.render(request.template, request.locale, request.context)
         except TemplateError as exc:
@@ -174,7 +220,12 @@ class Mailer:
             headers={"X-Herald-Event-Id": request.event_id, "X-Herald-Template": request.template},
         )
         try:
-            await self.transport.send(sender.address, [recipient.address], email.data)
+            await self.transport.send(
+                sender.address, [recipient.address], email.data, data_sent=data_sent
+            )
+        except DeliveryUncertain as exc:
+            self._uncertain(request, recipient, exc.reason)
+            return "uncertain"  # kept from the rate limit: it was handed over
         except ServerUnavailable as exc:
             raise SmtpUnavailable(exc.reason) from None
         except PermanentError as exc:
@@ -183,6 +234,7 @@ class Mailer:
         except DeliveryError as exc:
             self._failed(request, "deferred")
             raise EmailDeferred(exc.reason) from None
+        return "sent"
 
     async def _within_limit(self, recipient: Mailbox) -> tuple[bool, Token | None]:
         """Whether the recipient is under its limit, and the count taken for this email
@@ -209,6 +261,20 @@ class Mailer:
                 "template": request.template,
                 "recipient": mask_address(recipient.address),
                 "outcome": "rate_limited",
+            },
+        )
+
+    def _uncertain(self, request: EmailRequest, recipient: Mailbox, reason: str) -> None:
+        """Log an email that may have been delivered (the caller counts it): not sent again."""
+        log.warning(
+            "email uncertain: sent, but the server's reply never came; not sent again",
+            extra={
+                "event_id": request.event_id,
+                "action": request.action_id,
+                "template": request.template,
+                "recipient": mask_address(recipient.address),
+                "outcome": "uncertain",
+                "reason": reason,
             },
         )
 

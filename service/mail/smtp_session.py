@@ -10,7 +10,12 @@ as the protocol allows.
 
 Failures are aiosmtplib's own exceptions (`SMTPSenderRefused`, `SMTPRecipientsRefused`,
 `SMTPDataError`, `SMTPServerDisconnected`, timeouts), which the transport classifies;
-`NothingAccepted` wraps those that prove the server cannot have taken the email.
+`NothingAccepted` wraps those that prove the server cannot have taken the email, and
+`DataUnanswered` those after the message went out that leave it unknown whether it did.
+
+The reply to the final "." has a timeout of its own (`data_timeout`): RFC 5321
+§4.5.3.2.6 gives the server 10 minutes for it, and giving up sooner is how mail gets
+delivered twice (RFC 1047). Every other reply waits `smtp.timeout`.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from aiosmtplib import (
 from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
 
-__all__ = ["Envelope", "NothingAccepted", "data_payload", "transaction"]
+__all__ = ["DataUnanswered", "Envelope", "NothingAccepted", "data_payload", "transaction"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,15 @@ _READER_WORKS = hasattr(SMTPProtocol, "_read_response_from_buffer")
 
 class NothingAccepted(Exception):
     """The session broke before the message was sent: the server cannot have taken it."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class DataUnanswered(Exception):
+    """The message was sent but no reply to it was read (a timeout, a lost connection, an
+    unreadable reply): the server may have accepted it."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
@@ -243,11 +257,20 @@ def _check(envelope: Envelope, replies: _Replies) -> None:
         )
 
 
-async def transaction(smtp: SMTP, envelope: Envelope, payload: bytes) -> str:
+async def transaction(
+    smtp: SMTP,
+    envelope: Envelope,
+    payload: bytes,
+    *,
+    data_timeout: float | None,
+    data_sent: asyncio.Event | None = None,
+) -> str:
     """MAIL, RCPT, DATA and the message (from `data_payload`) on an open session.
 
-    Returns the server's reply to the message. After any failure the session's state
-    is unknown (a DATA may be waiting for its message): the caller must close it.
+    Returns the server's reply to the message, awaited up to `data_timeout` seconds.
+    `data_sent` is set once the message is written: from then on the server may have
+    the email. After any failure the session's state is unknown (a DATA may be waiting
+    for its message): the caller must close it.
     """
     if _can_pipeline(smtp):
         replies = await _pipelined(smtp, envelope)
@@ -258,7 +281,12 @@ async def transaction(smtp: SMTP, envelope: Envelope, payload: bytes) -> str:
     if protocol is None or not protocol.is_connected:
         raise NothingAccepted(SMTPServerDisconnected("Connection lost"))
     protocol.write(payload)  # from here on the server may have accepted the email
-    reply = await protocol.read_response(timeout=smtp.timeout)
+    if data_sent is not None:
+        data_sent.set()
+    try:
+        reply = await protocol.read_response(timeout=data_timeout)
+    except Exception as exc:  # only a reply the server gave says what became of it
+        raise DataUnanswered(exc) from exc
     if reply.code != _OK:
         raise SMTPDataError(reply.code, reply.message)
     return reply.message

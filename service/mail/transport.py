@@ -5,6 +5,9 @@ here as a `DeliveryError` whose class is its fate.
 
 - `PermanentError` (5xx replies, unusable addresses): never retried, dead-lettered.
 - `TransientError` (4xx replies, timeouts, lost connections): retried with backoff.
+- `DeliveryUncertain` (a timeout or a lost connection after the message was sent,
+  before the server replied to it): the server may have the email, so it is recorded
+  as sent and never re-sent automatically (RFC 1047).
 - `ServerUnavailable` (no session could be set up at all: connection refused, connect
   timeout, TLS failure): transient, and a sign to pause consumption until the server
   is back rather than burn every event's retries.
@@ -31,10 +34,17 @@ from aiosmtplib import (
     SMTPResponseException,
 )
 
-from service.mail.smtp_session import Envelope, NothingAccepted, data_payload, transaction
+from service.mail.smtp_session import (
+    DataUnanswered,
+    Envelope,
+    NothingAccepted,
+    data_payload,
+    transaction,
+)
 
 __all__ = [
     "DeliveryError",
+    "DeliveryUncertain",
     "PermanentError",
     "Security",
     "ServerUnavailable",
@@ -73,6 +83,10 @@ class ServerUnavailable(TransientError):
     """No SMTP session could be set up at all (refused, timed out, TLS failed)."""
 
 
+class DeliveryUncertain(DeliveryError):
+    """The message was sent but its reply never came: the server may have accepted it."""
+
+
 def classify(exc: BaseException, where: str, *, connecting: bool = False) -> DeliveryError:
     """Turn an aiosmtplib / network exception into a `DeliveryError`.
 
@@ -82,6 +96,8 @@ def classify(exc: BaseException, where: str, *, connecting: bool = False) -> Del
     """
     if isinstance(exc, DeliveryError):
         return exc
+    if isinstance(exc, DataUnanswered):
+        return DeliveryUncertain(_unanswered_reason(exc.error, where))
     if isinstance(exc, SMTPRecipientsRefused):
         return _from_replies([(r.code, r.message) for r in exc.recipients])
     if isinstance(exc, SMTPResponseException):
@@ -107,6 +123,15 @@ def _from_replies(replies: Sequence[tuple[int, str]]) -> DeliveryError:
         return PermanentError(reason, code=codes[0])
     # 4xx, or a reply aiosmtplib could not parse (code -1): worth another try.
     return TransientError(reason, code=codes[0] if codes else None)
+
+
+def _unanswered_reason(exc: Exception, where: str) -> str:
+    """Describe why the reply to a message that was sent is missing."""
+    if isinstance(exc, TimeoutError):
+        return f"timed out waiting for {where} to answer the message"
+    if isinstance(exc, OSError):  # SMTPServerDisconnected is a ConnectionError
+        return f"connection to {where} lost before it answered the message: {_message(exc)}"
+    return f"unreadable reply from {where} to the message: {_message(exc)}"
 
 
 def _connect_reason(exc: BaseException, where: str) -> str:
@@ -168,6 +193,7 @@ class SmtpPool:
         username: str = "",
         password: str = "",
         timeout_s: float = 10,
+        data_timeout_s: float = 600,
         size: int = 4,
         tls_context: ssl.SSLContext | None = None,
         local_hostname: str | None = None,
@@ -176,9 +202,12 @@ class SmtpPool:
             raise ValueError(f"security must be none, starttls or tls, not {security!r}")
         if size < 1:
             raise ValueError("size must be at least 1")
+        if data_timeout_s <= 0:
+            raise ValueError("data_timeout_s must be greater than 0")
         self._host, self._port, self._security = host, port, security
         self._username, self._password = username, password
-        self._timeout_s = timeout_s
+        self._timeout_s = timeout_s  # connect and every command...
+        self._data_timeout_s = data_timeout_s  # ...but the reply to the message itself
         self._where = f"{host}:{port}"
         if tls_context is None and security != "none":
             tls_context = ssl.create_default_context()  # verifies certificates
@@ -201,25 +230,33 @@ class SmtpPool:
     ) -> None:
         await self.close()
 
-    async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> str:
+    async def send(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        *,
+        data_sent: asyncio.Event | None = None,
+    ) -> str:
         """Send prebuilt message bytes; return the server's reply to DATA.
 
         Waits for a free connection slot. A failed connection is closed, never reused;
         a reused one that the server had dropped before DATA is replaced and the email
-        sent on a fresh connection. Raises only `DeliveryError` subclasses.
+        sent on a fresh connection. Raises only `DeliveryError` subclasses. `data_sent`
+        is set once the message went out (a cancellation after it may leave it sent).
         """
         envelope = _envelope(sender, recipients)
         payload = data_payload(message)
         async with self._slots:
             smtp, reused = await self._checkout()
             try:
-                return await self._deliver(smtp, envelope, payload, reused=reused)
+                return await self._deliver(smtp, envelope, payload, reused, data_sent)
             except NothingAccepted:
                 pass
             # The server had dropped the reused connection. It accepted nothing, so
             # one more try on a fresh connection cannot duplicate the email.
             smtp = await self._open()
-            return await self._deliver(smtp, envelope, payload, reused=False)
+            return await self._deliver(smtp, envelope, payload, False, data_sent)
 
     async def probe(self) -> bool:
         """Whether the server takes an SMTP session now (for readiness); never raises."""
@@ -264,11 +301,18 @@ class SmtpPool:
         return True
 
     async def _deliver(
-        self, smtp: SMTP, envelope: Envelope, payload: bytes, *, reused: bool
+        self,
+        smtp: SMTP,
+        envelope: Envelope,
+        payload: bytes,
+        reused: bool,
+        data_sent: asyncio.Event | None,
     ) -> str:
         """Run one transaction on `smtp`; keep the connection only if it succeeded."""
         try:
-            reply = await transaction(smtp, envelope, payload)
+            reply = await transaction(
+                smtp, envelope, payload, data_timeout=self._data_timeout_s, data_sent=data_sent
+            )
         except NothingAccepted as failure:
             self._discard(smtp)
             if reused:
