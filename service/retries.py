@@ -46,7 +46,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from service.events import Event, MalformedEvent
-from service.failures import EmailDeferred, EmailFailed, Outage
+from service.failures import EmailDeferred, EmailFailed, Outage, OutputFailed
 from service.flows import event_view
 from service.mail.mailer import EmailRequest, Mailer
 from service.mail.render import template_context
@@ -219,7 +219,10 @@ class Retrier:
                 self.metrics.emails.labels(request.template, "retries_exhausted").inc()
                 await self._dead_letter(item, "SmtpRetriesExhausted", reason)
             else:
-                await self.schedule(item.original, request, item.attempt + 1, exc.reason)
+                try:
+                    await self.schedule(item.original, request, item.attempt + 1, exc.reason)
+                except OutputFailed as failed:
+                    await self._dead_letter(item, failed.error, failed.reason)
         except EmailFailed as exc:
             await self._dead_letter(item, exc.error, exc.reason)
 
