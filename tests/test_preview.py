@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,12 +20,12 @@ from service.events import validate_envelope
 from service.flows import event_view
 from service.mail.render import Renderer
 from service.preview import PreviewServer, fingerprint, load_samples
+from tests.cdp import chromium, require_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
 EVENTS = ROOT / "examples" / "events"
 SHIPPED = ["login_alert", "password_changed", "password_reset", "verify_email", "welcome"]
-CHROMIUM = Path("/usr/bin/chromium")
 PAGE = "/t/password_changed/de/post-change-password"
 
 Get = Callable[[str], Awaitable[tuple[int, str]]]
@@ -294,23 +295,51 @@ async def test_port_in_use_is_one_line_and_exit_1(shipped: tuple[str, Get]) -> N
     assert "in use" in lines[0]
 
 
-# -- a real browser, when there is one ------------------------------------------------
+# -- a real browser ----------------------------------------------------------------
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed")
-async def test_chromium_runs_the_live_reload_script(
+async def test_chromium_shows_the_page_and_the_email_in_its_sandboxed_frame(
     shipped: tuple[str, Get], tmp_path: Path
 ) -> None:
+    """Debian's headless Chromium loads the page: the live-reload script runs under the
+    CSP, and the sandboxed iframe (a process of its own) shows the rendered HTML part."""
     url, _ = shipped
-    proc = await asyncio.create_subprocess_exec(
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path}",
-        "--virtual-time-budget=3000", "--dump-dom", url + PAGE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=90)
-    dom = out.decode()
-    assert 'data-live="on"' in dom  # the script ran under the CSP and reached /version
-    assert "<iframe sandbox" in dom
-    assert "Ihr Passwort wurde geändert" in dom
+    async with chromium(tmp_path / "profile") as browser:
+        page = await browser.open(url + PAGE)
+        assert await page.wait_for("document.documentElement.dataset.live") == "on"
+        shown = await page.evaluate("document.body.innerText")
+        assert "Ihr Passwort wurde geändert" in shown  # subject
+        assert "Emmy Noether <emmy.noether@example.com>" in shown  # To, as text
+        text_part = await page.evaluate("document.querySelector('pre.text').innerText")
+        assert text_part.startswith("Hallo Emmy,")
+        assert await page.evaluate("document.querySelectorAll('script:not([src])').length") == 0
+        # The frame grants nothing, and the page cannot reach into it.
+        assert await page.evaluate("document.querySelector('iframe').getAttribute('sandbox')") == ""
+        assert await page.evaluate("document.querySelector('iframe').contentDocument") is None
+
+        frame = await browser.frame(page)
+        assert await frame.evaluate("location.href") == "about:srcdoc"
+        assert await frame.evaluate("self.origin") == "null"  # a unique, opaque origin
+        email = await frame.evaluate("document.body.innerText")
+        assert "Ihr Passwort wurde geändert" in email  # the heading
+        assert "Hallo Emmy," in email
+        assert "das Passwort für Ihr Konto emmy.noether@example.com wurde geändert." in email
+        assert "Wenn Sie das selbst waren, müssen Sie nichts weiter tun." in email
+        assert "<table" not in email  # markup rendered, not shown escaped
+        assert await frame.evaluate("document.querySelectorAll('table').length") > 0
+        assert await frame.evaluate("document.documentElement.lang") == "de"
+
+
+def test_missing_chromium_fails_in_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    line = "chromium is not installed: tests/services/install installs it (apt-get, as root)"
+    monkeypatch.setattr(shutil, "which", lambda program: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=re.escape(line)):
+        require_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=re.escape(line)):
+        require_chromium()
+    install = (ROOT / "tests" / "services" / "install").read_text()
+    assert f'CHROMIUM_HOW="{line}"' in install  # the script warns with the same line
