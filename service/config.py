@@ -12,6 +12,7 @@ loading (missing templates, handlers that do not import). Relative paths in it (
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from email.utils import getaddresses
@@ -61,6 +62,7 @@ __all__ = [
     "SetMetadataAction",
     "SmtpConfig",
     "flow_problems",
+    "is_loopback",
     "load_config",
     "parse_config",
     "resolve_config_path",
@@ -201,10 +203,33 @@ class DedupeConfig(_Model):
 
 
 class HttpConfig(_Model):
-    """`http:` — health, readiness, metrics and the decisions webhook; port 0 = any."""
+    """`http:` — health, readiness, metrics and the decisions webhook; port 0 = any.
+
+    `token` is the bearer token every `/v1/*` request must carry; without one the webhook
+    is open to whoever can reach it, so it is only allowed on a loopback `host`.
+    """
 
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=8080, ge=0, le=65535)
+    token: SecretStr = Field(default=SecretStr(""), validate_default=True)
+
+    @field_validator("token")
+    @classmethod
+    def _required_off_loopback(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        host = info.data.get("host")
+        if not value.get_secret_value() and host is not None and not is_loopback(host):
+            raise ValueError("required when http.host is not a loopback address")
+        return value
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1: reachable only from this machine."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class LogConfig(_Model):

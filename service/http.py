@@ -1,23 +1,46 @@
-"""HTTP endpoints (SPEC §8): liveness, readiness, Prometheus metrics, the decision webhook."""
+"""HTTP endpoints (SPEC §8): liveness, readiness, Prometheus metrics, the decision webhook.
+
+What keeps the webhook from being abused by whoever can reach the port:
+
+- `/v1/*` needs `Authorization: Bearer <http.token>` when a token is set (401 with
+  `WWW-Authenticate: Bearer` otherwise, compared in constant time, before the body is
+  read). `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapers.
+- Bodies over 1 MiB get 413 (aiohttp's `client_max_size`).
+- At most `_MAX_DECISIONS` decisions run at once; one more gets 503 at once rather than
+  queueing behind them.
+- A connection whose request headers are not all in within `HEADER_TIMEOUT_S` is
+  closed. aiohttp has no header timeout of its own; its keep-alive timer does that job:
+  it is armed when a connection is made and again after each response, is not reset by
+  incoming bytes, and closes the connection only while no request is being handled
+  (aiohttp >= 3.14 arms it at connection start; before, only after a first response).
+  The price: an idle keep-alive connection is also closed after that time.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import SecretStr
 
 from service.events import MAX_EVENT_BYTES, MalformedEvent, validate_envelope
-from service.triggers import TRIGGERS
+from service.triggers import TRIGGERS, Trigger
 
 if TYPE_CHECKING:
     from service.app import Herald
 
-__all__ = ["HttpServer"]
+__all__ = ["HEADER_TIMEOUT_S", "HttpServer"]
 
+HEADER_TIMEOUT_S = 10.0
 _READY_CACHE_S = 1.0
+_MAX_DECISIONS = 64
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class HttpServer:
@@ -25,7 +48,7 @@ class HttpServer:
 
     def __init__(self, herald: Herald) -> None:
         self.herald = herald
-        self.app = web.Application(client_max_size=MAX_EVENT_BYTES)
+        self.app = web.Application(client_max_size=MAX_EVENT_BYTES, middlewares=[self._auth])
         self.app.add_routes(
             [
                 web.get("/healthz", self.healthz),
@@ -36,12 +59,16 @@ class HttpServer:
         )
         self._runner: web.AppRunner | None = None
         self._ready: tuple[float, bool, dict[str, bool]] = (0.0, False, {})
+        self._decisions = asyncio.Semaphore(_MAX_DECISIONS)
+        # Fixed at start like host and port: a changed `http` section needs a restart.
+        self._token = SecretStr("")
         self.address = ""
 
     async def start(self) -> None:
         """Bind and serve; `address` tells where (port 0 picks a free one)."""
         cfg = self.herald.config.http
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._token = cfg.token
+        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=HEADER_TIMEOUT_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port)
         await site.start()
@@ -51,6 +78,21 @@ class HttpServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """`/v1/*` needs the bearer token when one is set; the token is never logged."""
+        token = self._token.get_secret_value()
+        if token and request.path.startswith("/v1/"):
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(
+                presented.strip().encode(), token.encode()
+            )
+            if not ok:
+                response = _error(401, "missing or wrong bearer token (see http.token)")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="herald"'
+                return response
+        return await handler(request)
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -75,6 +117,12 @@ class HttpServer:
         trigger = TRIGGERS.get(request.match_info["trigger"])
         if trigger is None or not trigger.synchronous:
             return _error(404, f"no synchronous trigger {request.match_info['trigger']!r}")
+        if self._decisions.locked():
+            return _error(503, f"busy: {_MAX_DECISIONS} decisions in progress", retry_after=1)
+        async with self._decisions:
+            return await self._decide(trigger, request)
+
+    async def _decide(self, trigger: Trigger, request: web.Request) -> web.Response:
         processor = self.herald.processor
         if processor is None:
             return _error(503, "not started")
@@ -89,8 +137,9 @@ class HttpServer:
         return web.json_response(await processor.decide(event), dumps=_dumps)
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": " ".join(message.split())}, status=status)
+def _error(status: int, message: str, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": " ".join(message.split())}, status=status, headers=headers)
 
 
 def _dumps(value: object) -> str:

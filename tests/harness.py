@@ -271,6 +271,7 @@ def config_file(config: Config, path: Path) -> Path:
     doc = config.model_dump(mode="json", by_alias=True)
     doc["smtp"]["password"] = ""
     doc["kafka"]["sasl_password"] = ""
+    doc["http"]["token"] = config.http.token.get_secret_value()
     path.write_text(yaml.safe_dump(doc))
     return path
 

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
-from service.config import load_config
+from service.config import ConfigError, load_config
 from service.topics import Cluster, plan_topics
 
 ROOT = Path(__file__).resolve().parent.parent
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")
+# What an operator exports before `docker compose up` (compose.yaml's `${VAR:?}`).
+SHELL = {"HERALD_HTTP_TOKEN": "compose-test-token"}
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +35,21 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 
 
 def interpolate(value: str, environ: dict[str, str]) -> str:
-    """Compose's `${VAR:-default}` (and `$$` for a literal `$`)."""
-    value = _VAR.sub(lambda m: environ.get(m[1]) or m[2] or "", value)
-    return value.replace("$$", "$")
+    """Compose's `${VAR:-default}` and `${VAR:?error}` (and `$$` for a literal `$`)."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m[2] == "?" and not environ.get(m[1]):
+            raise ValueError(f"required variable {m[1]} is missing a value: {m[3]}")
+        return environ.get(m[1]) or (m[3] if m[2] == "-" else "") or ""
+
+    return _VAR.sub(sub, value).replace("$$", "$")
 
 
-def environment(service: dict[str, Any]) -> dict[str, str]:
+def environment(service: dict[str, Any], shell: dict[str, str] = SHELL) -> dict[str, str]:
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    return {k: interpolate(str(v), {}) for k, v in env.items()}
+    return {k: interpolate(str(v), shell) for k, v in env.items()}
 
 
 def test_every_service_has_an_image_or_a_build(services: dict[str, Any]) -> None:
@@ -89,9 +96,29 @@ def test_herald_environment_is_real_config_pointing_at_the_services(
     assert (config.smtp.host, config.smtp.port) == ("mailpit", 1025)
     assert (config.dedupe.backend, config.dedupe.url) == ("redis", "redis://redis:6379/0")
     assert (config.http.host, config.http.port) == ("0.0.0.0", 8080)
+    assert config.http.token.get_secret_value() == SHELL["HERALD_HTTP_TOKEN"]
     assert "8080:8080" in services["herald"]["ports"]
     assert "1025:1025" in services["mailpit"]["ports"]
     assert "8025:8025" in services["mailpit"]["ports"]
+
+
+def test_herald_webhook_token_comes_from_the_environment_and_is_required(
+    services: dict[str, Any],
+) -> None:
+    """Herald listens on 0.0.0.0, so compose refuses to start it without a token."""
+    with pytest.raises(ValueError, match="HERALD_HTTP_TOKEN"):
+        environment(services["herald"], shell={})
+    assert environment(services["kafka-init"], shell={})  # the one-shot needs none
+    env = environment(services["herald"])
+    assert env["HERALD_HTTP__TOKEN"] == SHELL["HERALD_HTTP_TOKEN"]
+    del env["HERALD_HTTP__TOKEN"]
+    with pytest.raises(ConfigError) as exc:
+        load_config(ROOT / "config" / "herald.yaml", environ=env)  # 0.0.0.0, no token
+    path = ROOT / "config" / "herald.yaml"
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "token:" in text)
+    assert str(exc.value).splitlines() == [
+        f"{path}:{line}: http.token: required when http.host is not a loopback address"
+    ]
 
 
 def test_kafka_init_runs_herald_topics_create_against_the_broker(
