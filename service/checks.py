@@ -21,17 +21,42 @@ A variant with only `subject.txt.j2` is fine: the body is the same in both.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from service.check_secrets import secret_problems
-from service.config import BaseAction, Config, PythonAction, SendEmailAction
+from service.config import (
+    BaseAction,
+    Config,
+    ConfigError,
+    PythonAction,
+    SendEmailAction,
+    load_config,
+)
+from service.config_partial import partial_config
 from service.mail.render import PARTS, Renderer
 
-__all__ = ["check_config"]
+__all__ = ["check_config", "check_file"]
 
 Handler = Callable[..., Any]
+
+
+def check_file(path: Path, environ: Mapping[str, str]) -> Config:
+    """Load the config at `path` and run every check; ConfigError holds all problems.
+
+    When the file itself has problems, the checks below still run on what is valid in
+    it (`service.config_partial`), so one run reports every problem it can find.
+    """
+    try:
+        config = load_config(path, environ)
+    except ConfigError as exc:
+        partial = partial_config(path, environ)
+        later = check_config(partial) if partial is not None else []
+        raise ConfigError(dict.fromkeys(exc.problems + later)) from None
+    if problems := check_config(config):
+        raise ConfigError(problems)
+    return config
 
 
 def check_config(config: Config) -> list[str]:

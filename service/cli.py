@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.config import Config, ConfigError, load_config, resolve_config_path
 
@@ -47,16 +47,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(130) from None
 
 
+_CONFIG_HELP = "config file (default: $HERALD_CONFIG or config/herald.yaml)"
+
+
+def _config_parent() -> argparse.ArgumentParser:
+    """`--config` after a command or subcommand too (SPEC §3); the last one given wins.
+
+    SUPPRESS sets nothing when it is absent, so a subcommand without it keeps the value
+    given before it.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+    return parent
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: takes `--config`; its subcommands' parsers are of this class too."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs, parents=[_config_parent()])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="herald",
         description="Herald runs Auth0-style Actions (email, metadata, allow / deny / redirect)"
         " on identity events from Kafka.",
     )
-    parser.add_argument(
-        "--config", help="config file (default: $HERALD_CONFIG or config/herald.yaml)"
+    parser.add_argument("--config", help=_CONFIG_HELP)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="consume events and run their flows (production)")
     run.set_defaults(func=_run)
     dev = commands.add_parser("dev", help="embedded broker + capture SMTP server + Herald")
@@ -78,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_operator_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_operator_commands(commands: argparse._SubParsersAction[_CommandParser]) -> None:
     """`render`, `dlq replay`, `topics create` and `asyncapi`."""
     render = commands.add_parser("render", help="print the MIME message a template makes")
     render.add_argument("template", metavar="TEMPLATE")
@@ -100,15 +121,12 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
     asyncapi.set_defaults(func=_asyncapi)
 
 
-def _add_topics_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_topics_command(commands: argparse._SubParsersAction[_CommandParser]) -> None:
     """`topics create`."""
-    # --config after the subcommand too; SUPPRESS keeps one given before it.
-    config = argparse.ArgumentParser(add_help=False)
-    config.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    topics = commands.add_parser("topics", help="Kafka topic tools", parents=[config])
+    topics = commands.add_parser("topics", help="Kafka topic tools")
     topics_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="COMMAND")
     create = topics_commands.add_parser(
-        "create", help="create the topics Herald writes, and missing input topics", parents=[config]
+        "create", help="create the topics Herald writes, and missing input topics"
     )
     create.add_argument(
         "--partitions",
@@ -142,19 +160,16 @@ def _run(args: argparse.Namespace) -> None:
     from service.logs import setup_logging
 
     path = resolve_config_path(args.config, os.environ)
-    config = load_config(path)
-    _fail_on_problems(config)
+    config = _load_checked(path)
     setup_logging(config.log.level, config.log.show_addresses)
     asyncio.run(_serve(Herald(config), path))
 
 
-def _fail_on_problems(config: Config) -> None:
+def _load_checked(path: Path) -> Config:
     """Startup runs the same validation as `herald check`."""
-    from service.checks import check_config
+    from service.checks import check_file
 
-    problems = check_config(config)
-    if problems:
-        raise ConfigError(problems)
+    return check_file(path, os.environ)
 
 
 async def _serve(herald: Herald, path: Path) -> None:
@@ -200,9 +215,9 @@ def _dev(args: argparse.Namespace) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     """Exit 2 with one `path:line: message` line per problem on stderr, else print `ok`."""
-    config = _load(args)  # a file that does not load stops here: the rest needs its values
-    _fail_on_problems(config)
-    print(f"{resolve_config_path(args.config, os.environ)}: ok")
+    path = resolve_config_path(args.config, os.environ)
+    _load_checked(path)
+    print(f"{path}: ok")
 
 
 def _preview(args: argparse.Namespace) -> None:

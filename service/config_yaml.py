@@ -8,6 +8,7 @@ Environment overrides are resolved against the shape of a pydantic model.
 
 from __future__ import annotations
 
+import logging
 import re
 import typing
 from collections.abc import Iterable, Mapping
@@ -26,12 +27,15 @@ __all__ = [
     "Problem",
     "apply_env_overrides",
     "compose_document",
+    "error_paths",
     "format_path",
     "interpolate",
     "validation_problems",
 ]
 
 KeyPath = tuple[str | int, ...]
+
+_log = logging.getLogger(__name__)
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _ENV_PREFIX = "HERALD_"
@@ -232,12 +236,22 @@ class _Walker:
 def apply_env_overrides(
     doc: Document, model: type[BaseModel], environ: Mapping[str, str]
 ) -> list[Problem]:
-    """Apply `HERALD_<SECTION>__<KEY>` / `HERALD_<KEY>` to doc.data; return bad ones."""
+    """Apply `HERALD_<SECTION>__<KEY>` / `HERALD_<KEY>` to doc.data; return bad ones.
+
+    A name with `__` is meant for Herald, so an unknown section or key in it is a
+    problem. Without `__`, only a top-level key that is not a section (`HERALD_DEFAULT_LOCALE`)
+    is Herald's: other `HERALD_*` names belong to someone else, and are ignored
+    (Kubernetes sets `HERALD_PORT=tcp://…`, `HERALD_SERVICE_HOST` for a Service `herald`).
+    """
     problems = []
     for name in sorted(environ):
         if not name.upper().startswith(_ENV_PREFIX) or name.upper() in _ENV_RESERVED:
             continue
-        target = _env_target(model, name[len(_ENV_PREFIX) :].split("__"), doc.data)
+        parts = name[len(_ENV_PREFIX) :].split("__")
+        if len(parts) == 1 and not _is_scalar_key(model, parts[0]):
+            _log.debug("ignoring %s: not a HERALD_<SECTION>__<KEY> setting", name)
+            continue
+        target = _env_target(model, parts, doc.data)
         if isinstance(target, str):
             problems.append(Problem(name, None, target))
             continue
@@ -259,9 +273,7 @@ def _env_target(
     if key is None:
         return f"unknown setting '{parts[0].lower()}'"
     annotation = model.model_fields[_field_name(model, key)].annotation
-    if len(parts) == 1:
-        if _is_model(annotation) or typing.get_origin(annotation) is dict:
-            return f"'{key}' is a section: set one key with {_ENV_PREFIX}{key.upper()}__<KEY>"
+    if len(parts) == 1:  # a top-level key that is not a section (apply_env_overrides)
         return (key,), typing.get_origin(annotation) is list
     if len(parts) == 2 and _is_model(annotation):
         sub = _field_key(annotation, parts[1])
@@ -275,6 +287,15 @@ def _env_target(
         match = next((k for k in existing if k.lower() == parts[1].lower()), parts[1])
         return (key, match), False
     return f"'{key}' cannot be set from the environment this way"
+
+
+def _is_scalar_key(model: type[BaseModel], name: str) -> bool:
+    """Whether `name` is a top-level key of `model` that holds one value, not a section."""
+    key = _field_key(model, name)
+    if key is None:
+        return False
+    annotation = model.model_fields[_field_name(model, key)].annotation
+    return not (_is_model(annotation) or typing.get_origin(annotation) is dict)
 
 
 def _field_key(model: type[BaseModel], name: str) -> str | None:
@@ -327,6 +348,12 @@ def validation_problems(
         prefix = f"{format_path(shown)}: " if shown else ""
         problems.append(doc.problem(path, prefix + _message(error)))
     return problems
+
+
+def error_paths(data: Any, exc: ValidationError, discriminator: str = "") -> list[KeyPath]:
+    """For each pydantic error, the deepest part of its path that exists in `data`."""
+    errors = exc.errors(include_url=False, include_input=False)
+    return [_data_path(data, error["loc"], discriminator)[0] for error in errors]
 
 
 def _data_path(

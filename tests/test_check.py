@@ -424,6 +424,46 @@ def test_several_problems_are_all_reported(work: Path, capsys: pytest.CaptureFix
     assert "MISSING" not in "\n".join(found)
 
 
+def test_config_problems_do_not_hide_the_checks_of_valid_actions(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(work / "templates/hello/html.html.j2", "<p>{{ secrets.HTML_ONLY }}</p>\n")
+    path = config("""\
+        smtp:
+          prot: 25
+        flows:
+          post-change-password:
+            - action: deny
+              reason: closed
+            - action: send_email
+              template: nope
+            - action: python
+              handler: "hk_missing_module:run"
+            - action: send_email
+              template: hello
+            - action: set_metadata
+              when: event.user.email_verified and
+        """)
+    found = problems(capsys, path)
+    one(found, r"herald\.yaml:2: smtp\.prot: unknown key$")
+    one(found, r"herald\.yaml:5: flows\.post-change-password\[0\]: action 'deny' is not allowed")
+    one(found, r"herald\.yaml:8: flows\.post-change-password\[1\]\.template: template 'nope'")
+    one(found, r"herald\.yaml:10: flows\.post-change-password\[2\]\.handler: .*hk_missing_module")
+    one(found, r"herald\.yaml:14: flows\.post-change-password\[4\]\.when: ")
+    one(found, r"templates/hello/html\.html\.j2:1: secret 'HTML_ONLY' is used but not defined")
+    assert len(found) == 6
+
+
+def test_only_file_problems_when_the_templates_directory_itself_is_wrong(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flows = "flows:\n  post-login: [{action: send_email, template: nope}]\n"
+    path = config("templates_dir: ${UNSET_VAR}\n" + flows)
+    assert problems(capsys, path) == [
+        "herald.yaml:1: templates_dir: environment variable UNSET_VAR is not set"
+    ]
+
+
 def test_startup_runs_the_same_checks(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = many_problems(work)
     expected = problems(capsys, path)
