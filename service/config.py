@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from email.utils import getaddresses
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -33,6 +32,7 @@ from pydantic import (
     field_validator,
 )
 
+from service.addresses import InvalidAddress, parse_mailbox
 from service.config_yaml import (
     ConfigError,
     KeyPath,
@@ -85,15 +85,15 @@ class _Model(BaseModel):
 
 
 def _check_address(value: str | None) -> str | None:
-    """One RFC 5322 address (`Name <a@b>` or `a@b`), no header injection."""
+    """`Name <a@b>` or `a@b`, valid by the rule of `service.addresses`."""
     if value is None:
         return None
-    pairs = getaddresses([value])
-    if "\r" in value or "\n" in value or len(pairs) != 1:
-        raise ValueError(f"'{value}' is not a single email address")
-    local, _, domain = pairs[0][1].rpartition("@")
-    if not local or not domain:
-        raise ValueError(f"'{value}' is not an email address (like 'Name <a@example.com>')")
+    try:
+        parse_mailbox(value)  # the mailer's own rule: check refuses what it would refuse
+    except InvalidAddress:
+        raise ValueError(
+            f"{value!r} is not one valid email address (like 'Name <a@example.com>')"
+        ) from None
     return value
 
 

@@ -13,10 +13,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from service.addresses import mask_address
 from service.events import Event, MalformedEvent, parse_cloudevent, present_headers
 from service.failures import ActionFailed, Outage, OutputFailed
 from service.flows import FlowEngine, FlowResult, LabelledCounter
-from service.logs import mask_address, mask_addresses
+from service.logs import mask_addresses
 from service.metrics import Metrics
 from service.outputs import Outputs, Record
 from service.retries import Retrier

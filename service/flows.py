@@ -140,11 +140,17 @@ def expression_env() -> SandboxedEnvironment:
 
 def event_view(event: Event, secrets: Mapping[str, str]) -> dict[str, Any]:
     """The Auth0-shaped `event`: data fields (`user`, `request`, …) at the top level,
-    next to the CloudEvents attributes (`id`, `time`, …), `data` and `secrets`."""
+    next to the CloudEvents attributes (`id`, `time`, …), `data` and `secrets`.
+
+    Data fields come last: an envelope attribute never shadows one. The producer picks
+    extension attribute names freely, and one named `user` must not send mail to an
+    address other than `data.user.email`, which logs and commands name. An attribute
+    whose name data uses is still in the record, just not under `event.<name>`.
+    """
     attributes = {k: v for k, v in event.envelope.items() if k != "data"}
     return {
-        **event.data,
         **attributes,
+        **event.data,
         "data": event.data,
         "trigger": event.trigger.name,
         "secrets": dict(secrets),

@@ -10,16 +10,12 @@ from typing import Any
 
 import orjson
 
+from service.addresses import mask_address
+
 __all__ = ["JsonFormatter", "mask_address", "mask_addresses", "setup_logging"]
 
 _ADDRESS = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
-
-
-def mask_address(address: str) -> str:
-    """`ada@example.com` → `a***@example.com`; anything else → `***`."""
-    local, at, domain = address.rpartition("@")
-    return f"{local[:1]}***@{domain}" if at and local else "***"
 
 
 def mask_addresses(text: str) -> str:

@@ -8,7 +8,6 @@ asyncio server (`RawServer`) records the exact bytes of pipelined sessions.
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 import ssl
 import time
@@ -30,11 +29,11 @@ from aiosmtplib import (
     SMTPResponseException,
     SMTPServerDisconnected,
 )
-from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service.addresses import InvalidAddress, Mailbox, parse_mailbox
 from service.mail import smtp_session
 from service.mail.smtp_session import DataUnanswered, Envelope, data_payload
 from service.mail.transport import (
@@ -48,7 +47,6 @@ from service.mail.transport import (
 )
 
 HOST = "127.0.0.1"
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SENDER = "no-reply@example.com"
 RCPT = "ada@example.com"
 # CRLF line endings, a line starting with a dot (dot-stuffed on the wire) and 8-bit text.
@@ -587,32 +585,38 @@ _DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)
 
 
 @given(st.from_regex(rf"{_DOT_ATOM}@[A-Za-z0-9.-]+", fullmatch=True) | st.text(max_size=30))
-def test_envelope_addresses_are_quoted_as_aiosmtplib_does(address: str) -> None:
+def test_envelope_addresses_follow_the_one_address_rule(address: str) -> None:
     try:
-        expected = None if CONTROL.search(address) else quote_address(address).encode("ascii")
-    except ValueError:
+        expected: bytes | None = b"RCPT TO:<" + parse_mailbox(address).address.encode() + b">"
+    except InvalidAddress:
         expected = None
     try:
         command: bytes | None = Envelope.of(SENDER, [address]).rcpts[0]
     except ValueError:
         command = None
-    assert command == (None if expected is None else b"RCPT TO:" + expected)
+    assert command == expected
+
+
+@pytest.mark.parametrize("address", ["u@exa mple.com", "ops@mail_relay.example.com", "u@x.com."])
+def test_envelope_never_repairs_an_address(address: str) -> None:
+    with pytest.raises(ValueError, match="invalid address"):
+        Envelope.of(SENDER, [address])
 
 
 def test_envelope_addresses_are_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     parsed: list[str] = []
 
-    def quote(address: str) -> str:
+    def parse(address: str) -> Mailbox:
         parsed.append(address)
-        return quote_address(address)
+        return parse_mailbox(address)
 
-    monkeypatch.setattr(smtp_session, "quote_address", quote)
+    monkeypatch.setattr(smtp_session, "parse_mailbox", parse)
     smtp_session._path.cache_clear()
     for _ in range(3):
         envelope = Envelope.of("Herald <herald@once.example>", ["ada@once.example"])
     assert envelope.mail == b"MAIL FROM:<herald@once.example>"
     assert envelope.rcpts == (b"RCPT TO:<ada@once.example>",)
-    assert parsed == ["Herald <herald@once.example>"]  # the plain address needs no parser
+    assert parsed == ["Herald <herald@once.example>", "ada@once.example"]
 
 
 # --- classification of replies -----------------------------------------------------

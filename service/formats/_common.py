@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
+from service.addresses import is_valid_address
 from service.events import MAX_EVENT_BYTES, Event, MalformedEvent, validate_envelope
 
 __all__ = ["Parser", "compact", "email_or_none", "mapping", "provider_parser", "text"]
@@ -16,8 +16,6 @@ __all__ = ["Parser", "compact", "email_or_none", "mapping", "provider_parser", "
 Parser = Callable[[bytes | None, Sequence[tuple[str, bytes]]], Event | None]
 #: A provider's JSON object → a CloudEvents envelope, or None for a type Herald skips.
 ToEnvelope = Callable[[dict[str, Any]], dict[str, Any] | None]
-
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def provider_parser(to_envelope: ToEnvelope, provider: str) -> Parser:
@@ -57,8 +55,8 @@ def text(obj: Any, *keys: str) -> str | None:
 
 
 def email_or_none(*candidates: str | None) -> str | None:
-    """The first candidate shaped like an email address (a username may be a phone number)."""
-    return next((c for c in candidates if c and _EMAIL.match(c)), None)
+    """The first candidate that is a valid address (a username may be a phone number)."""
+    return next((c for c in candidates if c and is_valid_address(c)), None)
 
 
 def compact(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from service.addresses import mask_address
 from service.dedupe import Claim, DedupeStore, DedupeUnavailable, dedupe_key
 from service.failures import (
     EmailDeferred,
@@ -28,7 +29,6 @@ from service.failures import (
     StoreUnavailable,
 )
 from service.flows import LabelledCounter
-from service.logs import mask_address
 from service.mail.message import InvalidAddress, Mailbox, build_message, parse_mailbox
 from service.mail.render import Renderer, TemplateError
 from service.mail.transport import (

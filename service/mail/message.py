@@ -5,9 +5,9 @@ The bytes are written directly, `service.mail.encoding` doing the RFC 2045-2047 
 together, this some tens of µs (BENCHMARKS.md). The tests hold the output against the
 standard library's parser.
 
-Nothing taken from an event can add a header or a recipient: addresses are validated
-as one ASCII addr-spec, header names must be field names, and every header value goes
-through `one_line`.
+Nothing taken from an event can add a header or a recipient: addresses follow the one
+rule of `service.addresses` (re-exported here), header names must be field names, and
+every header value goes through `one_line`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,17 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.headerregistry import Address
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
 from functools import lru_cache
 
+from service.addresses import (
+    InvalidAddress,
+    Mailbox,
+    is_valid_address,
+    mask_address,
+    one_line,
+    parse_mailbox,
+)
 from service.mail.encoding import address_header, multipart, text_header, text_part
 
 __all__ = [
@@ -32,30 +39,7 @@ __all__ = [
     "parse_mailbox",
 ]
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
-_ADDR_SPEC = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
-
-
-class InvalidAddress(ValueError):
-    """An address that cannot be used as exactly one recipient or sender."""
-
-
-@dataclass(frozen=True, slots=True)
-class Mailbox:
-    """A display name and one validated addr-spec."""
-
-    name: str
-    address: str
-
-    @property
-    def domain(self) -> str:
-        return self.address.rpartition("@")[2]
-
-    def header(self) -> Address:
-        """The mailbox as an `email.headerregistry.Address`."""
-        local, _, domain = self.address.rpartition("@")
-        return Address(display_name=self.name, username=local, domain=domain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,30 +50,6 @@ class OutgoingEmail:
     recipient: Mailbox
     message_id: str
     data: bytes
-
-
-def one_line(value: str) -> str:
-    """Collapse control characters (CR, LF, NUL…) so a value stays one header line."""
-    return " ".join(_CONTROL.sub(" ", value).split())
-
-
-def parse_mailbox(value: str, name: str = "") -> Mailbox:
-    """Validate `value` as one address (optionally `Name <addr>`); raise InvalidAddress."""
-    if not isinstance(value, str) or _CONTROL.search(value):
-        raise InvalidAddress("address contains control characters")
-    if _ADDR_SPEC.match(value):  # a bare address: the common case, no parsing needed
-        parsed_name, address = "", value
-    else:
-        parsed = getaddresses([value])
-        if len(parsed) != 1:
-            raise InvalidAddress("expected exactly one address")
-        parsed_name, address = parsed[0][0], parsed[0][1].strip()
-    if not _ADDR_SPEC.match(address) or len(address) > 254:
-        raise InvalidAddress(f"not a single valid address: {_mask(address or value)}")
-    if not address.isascii():
-        # It would need SMTPUTF8 in the envelope and raw UTF-8 in the headers.
-        raise InvalidAddress(f"non-ASCII address (SMTPUTF8 is not used): {_mask(address)}")
-    return Mailbox(name=one_line(name or parsed_name), address=address)
 
 
 def build_message(
@@ -131,8 +91,8 @@ def build_message(
 
 def _mailbox(field: str, box: Mailbox) -> str:
     """The header line for `box`; a Mailbox made without parse_mailbox is checked too."""
-    if not (box.address.isascii() and _ADDR_SPEC.match(box.address)):
-        raise InvalidAddress(f"not a single valid address: {_mask(box.address)}")
+    if not is_valid_address(box.address):
+        raise InvalidAddress(f"not a single valid address: {mask_address(box.address)}")
     return address_header(field, one_line(box.name), box.address)
 
 
@@ -140,8 +100,3 @@ def _mailbox(field: str, box: Mailbox) -> str:
 def _date(second: int) -> str:
     """The Date header value for a Unix time; the same for every message of a second."""
     return format_datetime(datetime.fromtimestamp(second, UTC))
-
-
-def _mask(address: str) -> str:
-    local, at, domain = address.partition("@")
-    return f"{local[:1]}***{at}{domain}" if at else "***"

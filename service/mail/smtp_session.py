@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -38,17 +37,14 @@ from aiosmtplib import (
     SMTPSenderRefused,
     SMTPServerDisconnected,
 )
-from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
+
+from service.addresses import InvalidAddress, parse_mailbox
 
 __all__ = ["DataUnanswered", "Envelope", "NothingAccepted", "data_payload", "transaction"]
 
 log = logging.getLogger(__name__)
 
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-# A bare dot-atom address: email.utils.parseaddr would return it unchanged.
-_PLAIN_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 _OK, _WILL_FORWARD, _START_INPUT, _CLOSING = 250, 251, 354, 421
 # The reply reader below relies on the protocol's buffer and on the stdlib event loop
 # handing each chunk read to `protocol.data_received` (uvloop binds it once).
@@ -75,15 +71,10 @@ class DataUnanswered(Exception):
 @functools.lru_cache(maxsize=4096)
 def _path(address: str) -> bytes:
     """`<address>` as sent in MAIL FROM / RCPT TO; ValueError if it cannot be sent."""
-    if _CONTROL_CHARS.search(address):
-        # aiosmtplib would quietly send to the first address parsed out of it
-        raise ValueError(f"invalid address {address!r}: control characters")
-    if _PLAIN_ADDRESS.fullmatch(address):  # the common case, without parseaddr
-        return b"<" + address.encode("ascii") + b">"
-    try:
-        return quote_address(address).encode("ascii")
-    except ValueError as exc:  # UnicodeEncodeError included: no SMTPUTF8 here
-        raise ValueError(f"invalid address {address!r}: {exc}") from exc
+    try:  # the rule `herald check` and the mailer use; `Name <addr>` gives `<addr>`
+        return b"<" + parse_mailbox(address).address.encode("ascii") + b">"
+    except InvalidAddress as exc:
+        raise ValueError(f"invalid address: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
