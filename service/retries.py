@@ -262,7 +262,7 @@ class _Due:
     seq: int
     tp: TopicPartition = dataclasses.field(compare=False)
     offset: int = dataclasses.field(compare=False)
-    item: RetryItem | None = dataclasses.field(compare=False)
+    item: RetryItem = dataclasses.field(compare=False)
 
 
 class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -283,6 +283,7 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         self._seq = itertools.count()
         self._pending: dict[TopicPartition, set[int]] = {}
         self._next: dict[TopicPartition, int] = {}  # offset after the last one read
+        self._committed: dict[TopicPartition, int] = {}
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
         self._running: set[asyncio.Task[None]] = set()
@@ -324,6 +325,7 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in revoked:
             self._pending.pop(tp, None)
             self._next.pop(tp, None)
+            self._committed.pop(tp, None)
         gone = set(revoked)
         self._heap = [d for d in self._heap if d.tp not in gone]
         heapq.heapify(self._heap)
@@ -351,7 +353,7 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
     def _add(self, tp: TopicPartition, record: Any) -> None:
         self._next[tp] = record.offset + 1
         try:
-            item: RetryItem | None = read_item(record)
+            item = read_item(record)
         except MalformedRetry as exc:
             log.error(
                 "unreadable record on the retry topic, skipped",
@@ -364,7 +366,6 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             )
             return
         self._pending.setdefault(tp, set()).add(record.offset)
-        assert item is not None
         heapq.heappush(self._heap, _Due(item.due, next(self._seq), tp, record.offset, item))
         self._gauge()
         self._wake.set()
@@ -385,27 +386,28 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _run(self, due: _Due) -> None:
         try:
-            assert due.item is not None
-            try:
-                await self.retrier.attempt(due.item)
-            except Outage as exc:
-                log.warning("retry waits for an outage", extra={"reason": str(exc)})
-                due.due = time.time() + _OUTAGE_DELAY_S
-                due.seq = next(self._seq)
-                heapq.heappush(self._heap, due)
-                self._wake.set()
-                return
-            except Exception as exc:
-                # Kafka refused the next item or the dead letter: try again shortly.
-                log.error("retry attempt failed, trying again", exc_info=exc)
-                due.due = time.time() + _OUTAGE_DELAY_S
-                heapq.heappush(self._heap, due)
-                self._wake.set()
-                return
+            await self.retrier.attempt(due.item)
+        except Outage as exc:
+            log.warning("retry waits for an outage", extra={"reason": str(exc)})
+            self._again_later(due)
+        except Exception as exc:
+            # Kafka refused the next item or the dead letter: try again shortly.
+            log.error("retry attempt failed, trying again", exc_info=exc)
+            self._again_later(due)
+        else:
             self._pending.get(due.tp, set()).discard(due.offset)
             self._gauge()
         finally:
             self._slots.release()
+
+    def _again_later(self, due: _Due) -> None:
+        """The same item again in a few seconds, no attempt spent; unless its partition
+        was revoked meanwhile (the new owner reads it again from the committed offset)."""
+        if due.tp not in self._pending:
+            return
+        due.due, due.seq = time.time() + _OUTAGE_DELAY_S, next(self._seq)
+        heapq.heappush(self._heap, due)
+        self._wake.set()
 
     async def _commit_forever(self) -> None:
         while not self._stopping:
@@ -417,11 +419,14 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         offsets = {}
         for tp, upto in self._next.items():
             pending = self._pending.get(tp)
-            offsets[tp] = min(pending) if pending else upto
+            offset = min(pending) if pending else upto
+            if self._committed.get(tp) != offset:  # an idle scheduler commits nothing
+                offsets[tp] = offset
         if not offsets:
             return
         try:
             await self.consumer.commit(offsets)
+            self._committed.update(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             log.warning("retry commit failed (rebalance)", extra={"error": type(exc).__name__})
         except KafkaError as exc:

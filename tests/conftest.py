@@ -3,9 +3,11 @@ suite's own redis-server."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis
 
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
@@ -24,6 +26,18 @@ def redis_url() -> Iterator[str]:
     """A redis-server started for this session on a free port (DB 0, empty)."""
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix no other test uses; every key under it is deleted afterwards."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
+    prefix = f"herald-test:{uuid.uuid4().hex}:"
+    yield prefix
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,16 @@ from service.devtools.smtp import RecordingSMTP
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "events"
+#: What Kubernetes sets in every pod of a namespace with a Service named `herald`.
+KUBERNETES = {
+    "HERALD_PORT": "tcp://10.0.0.11:8080",
+    "HERALD_SERVICE_HOST": "10.0.0.11",
+    "HERALD_SERVICE_PORT": "8080",
+    "HERALD_PORT_8080_TCP": "tcp://10.0.0.11:8080",
+    "HERALD_PORT_8080_TCP_PROTO": "tcp",
+    "HERALD_PORT_8080_TCP_PORT": "8080",
+    "HERALD_PORT_8080_TCP_ADDR": "10.0.0.11",
+}
 EMAIL_FLOWS = {
     "post-change-password": "password_changed",
     "post-user-registration": "welcome",

@@ -14,20 +14,9 @@ import yaml
 
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
-from tests.harness import HeraldProcess, config_file, make_config, unique
+from tests.harness import KUBERNETES, HeraldProcess, config_file, make_config, unique
 
 ROOT = Path(__file__).resolve().parent.parent
-
-#: What Kubernetes sets in every pod of a namespace with a Service named `herald`.
-KUBERNETES = {
-    "HERALD_PORT": "tcp://10.0.0.11:8080",
-    "HERALD_SERVICE_HOST": "10.0.0.11",
-    "HERALD_SERVICE_PORT": "8080",
-    "HERALD_PORT_8080_TCP": "tcp://10.0.0.11:8080",
-    "HERALD_PORT_8080_TCP_PROTO": "tcp",
-    "HERALD_PORT_8080_TCP_PORT": "8080",
-    "HERALD_PORT_8080_TCP_ADDR": "10.0.0.11",
-}
 
 
 def herald(

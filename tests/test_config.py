@@ -22,6 +22,7 @@ from service.config import (
     resolve_config_path,
 )
 from service.triggers import TRIGGERS
+from tests.harness import KUBERNETES
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config" / "herald.yaml"
@@ -418,13 +419,7 @@ def test_bad_env_overrides_are_reported_by_name() -> None:
 def test_herald_names_without_a_double_underscore_are_someone_elses() -> None:
     # Kubernetes sets these for a Service named `herald`; `HERALD_KAFKA` names no key.
     environ = {
-        "HERALD_PORT": "tcp://10.0.0.11:8080",
-        "HERALD_SERVICE_HOST": "10.0.0.11",
-        "HERALD_SERVICE_PORT": "8080",
-        "HERALD_PORT_8080_TCP": "tcp://10.0.0.11:8080",
-        "HERALD_PORT_8080_TCP_PROTO": "tcp",
-        "HERALD_PORT_8080_TCP_PORT": "8080",
-        "HERALD_PORT_8080_TCP_ADDR": "10.0.0.11",
+        **KUBERNETES,
         "HERALD_KAFKA": "x",
         "HERALD_SECRETS": "x",
     }

@@ -10,14 +10,12 @@ import asyncio
 import logging
 import sqlite3
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import redis
 
 from service import ratelimit
 from service.dedupe import (
@@ -44,18 +42,6 @@ from service.ratelimit import (
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["memory", "sqlite", "redis"]
-
-
-@pytest.fixture
-def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix no other test uses; every key under it is deleted afterwards."""
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
-    prefix = f"herald-test:{uuid.uuid4().hex}:"
-    yield prefix
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -8,12 +8,10 @@ import asyncio
 import sqlite3
 import time
 import types
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-import redis
 
 from service import ratelimit
 from service.dedupe import Claim, SqliteDedupe
@@ -27,18 +25,6 @@ from service.ratelimit import (
 
 ADA = "ada@example.com"
 MakeLimiter = Callable[[int, float], RateLimiter]
-
-
-@pytest.fixture
-def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix no other test uses; every key under it is deleted afterwards."""
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
-    prefix = f"herald-test:{uuid.uuid4().hex}:"
-    yield prefix
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
