@@ -7,6 +7,7 @@ connection is retried with backoff, `/healthz` answers and `/readyz` says 503.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from tenacity import (
 )
 
 from service.actions import compile_flows
-from service.batches import BatchRunner
+from service.batches import BATCH_BUDGET_S, BatchRunner
 from service.checks import check_config
 from service.config import Config, ConfigError, load_config
 from service.consumer import Processor
@@ -51,6 +52,7 @@ from service.outputs import Outputs
 from service.ratelimit import RateLimiter, open_rate_limiter
 from service.retries import Retrier, RetryScheduler
 from service.retry import RetryPolicy
+from service.transactions import Transactions
 
 __all__ = ["Herald"]
 
@@ -64,18 +66,34 @@ _CONNECT_MAX_BACKOFF_S = 30.0
 _PROBE_BACKOFF_S = (0.5, 5.0)
 #: While Kafka stays down for the same reason, it is logged again at most this often.
 _REPEAT_LOG_S = 60.0
+#: SIGTERM gives the records and retries in flight this long to finish, then cancels them.
+DRAIN_S = 10.0
+#: How long a rebalance lets the batch in flight finish and commit before it takes over.
+_REBALANCE_WAIT_S = 30.0
+#: Kafka's default cap on a transaction's timeout (`transaction.max.timeout.ms`).
+_MAX_TRANSACTION_S = 900.0
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Tracks the partitions this instance owns, for readiness."""
+    """Tracks the partitions this instance owns, for readiness; a revoke lets the batch in
+    flight commit first, and with `exactly_once` partitions come and go with producers."""
 
-    def __init__(self) -> None:
+    def __init__(self, group_id: str) -> None:
+        self.group_id = group_id
         self.partitions: set[TopicPartition] = set()
+        self.runner: BatchRunner | None = None
+        self.transactions: Transactions | None = None
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        if self.runner is not None:
+            await self.runner.idle(_REBALANCE_WAIT_S)
         self.partitions -= set(revoked)
+        if self.transactions is not None:
+            await self.transactions.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        if self.transactions is not None:
+            await self.transactions.assign(assigned, self.group_id)
         self.partitions |= set(assigned)
         log.info("partitions assigned", extra={"partitions": len(self.partitions)})
 
@@ -86,8 +104,9 @@ class Herald:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.assignment = _Assignment()
+        self.assignment = _Assignment(config.kafka.group_id)
         self.smtp = _smtp_pool(config)
+        self.transactions: Transactions | None = None
         self.dedupe: DedupeStore | None = None
         self.rate_limiter: RateLimiter | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -118,14 +137,19 @@ class Herald:
         log.info("herald started", extra={"topics": cfg.kafka.topics, "http": self.http.address})
 
     async def stop(self) -> None:
-        """Stop consuming (in-flight batches finish and commit), then close in reverse."""
+        """Start no more work; let what is in flight finish for `DRAIN_S`, then cancel it;
+        commit what finished (the rest is consumed again); only then close, in reverse."""
+        draining = []
         if self.runner is not None:
-            self.runner.stopping.set()  # an outage wait ends now; the batch is redelivered
+            draining.append(self.runner.stop(DRAIN_S))
+        if self.scheduler is not None:
+            draining.append(self.scheduler.stop(DRAIN_S))
+        await asyncio.gather(*draining)
         if self.broker is not None:
             await self.broker.stop()
-        if self.scheduler is not None:
-            await self.scheduler.stop()
         await self.http.stop()
+        if self.transactions is not None:
+            await self.transactions.close()
         if self.producer is not None:
             await self.producer.stop()
         await self.smtp.close()
@@ -141,6 +165,10 @@ class Herald:
         works, however long: readiness stays false meanwhile. A bad setting that is not
         Kafka's answer (a missing `ssl_cafile`) raises at once."""
         options = producer_options(self.config.kafka)
+        if self.config.kafka.exactly_once and self.transactions is None:
+            timeout_s = min(self._max_poll_interval_s() + 60, _MAX_TRANSACTION_S)
+            self.transactions = Transactions(options, timeout_ms=int(timeout_s * 1000))
+            self.assignment.transactions = self.transactions
         quiet_bootstrap_errors()
         outage = _OutageLog(self.config.kafka.bootstrap_servers)
         async for attempt in AsyncRetrying(
@@ -165,7 +193,11 @@ class Herald:
             return
         kafka = self.config.kafka
         scheduler = RetryScheduler(
-            lambda listener: retry_consumer(kafka, listener), self.retrier, self.metrics
+            lambda listener: retry_consumer(kafka, listener),
+            self.retrier,
+            self.metrics,
+            group_id=kafka.group_id + kafka.retry_suffix,
+            transactions=self.transactions,
         )
         await scheduler.start()
         self.scheduler = scheduler
@@ -236,6 +268,7 @@ class Herald:
             retry_suffix=cfg.kafka.retry_suffix,
             commands_topic=cfg.kafka.commands_topic,
             decisions_topic=cfg.kafka.decisions_topic,
+            transactions=self.transactions,
         )
         processor: Processor | None = None
 
@@ -264,17 +297,29 @@ class Herald:
         )
         return processor
 
+    def _max_poll_interval_s(self) -> float:
+        """Longer than any batch: its budget, then the records in flight, each at most a
+        few SMTP steps and the wait for the final reply (`smtp.data_timeout_s`)."""
+        smtp = self.config.smtp
+        return max(300.0, BATCH_BUDGET_S + smtp.data_timeout_s + 10 * smtp.timeout_s)
+
     def _broker(self, processor: Processor) -> KafkaBroker:
         broker = new_broker(self.config.kafka)
-        subscriber = declare_subscriber(broker, self.config.kafka, self.assignment)
+        subscriber = declare_subscriber(
+            broker,
+            self.config.kafka,
+            self.assignment,
+            max_poll_interval_s=self._max_poll_interval_s(),
+        )
 
-        runner = self.runner = BatchRunner(
+        runner = self.runner = self.assignment.runner = BatchRunner(
             processor,
             self.smtp.probe,
             self.metrics,
             # Probing a dependency that is down: not the emails' retry schedule.
             initial_backoff_s=_PROBE_BACKOFF_S[0],
             max_backoff_s=_PROBE_BACKOFF_S[1],
+            transactions=self.transactions,
         )
 
         @subscriber

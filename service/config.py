@@ -131,6 +131,8 @@ class KafkaConfig(_Model):
     dlq_suffix: str = Field(default=".dlq", min_length=1)
     retry_suffix: str = Field(default=".retry", min_length=1)
     status_topic: str | None = Field(default="identity.notifications", min_length=1)  # None: off
+    #: Outputs and consumed offsets commit in one Kafka transaction (service/transactions.py).
+    exactly_once: bool = False
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         default=None, validate_default=True

@@ -21,6 +21,7 @@ from service.logs import mask_addresses
 from service.metrics import Metrics
 from service.outputs import Outputs, Record
 from service.retries import Retrier
+from service.transactions import consuming
 
 __all__ = ["Processor"]
 
@@ -31,6 +32,10 @@ _OUTPUT_HEADERS = frozenset({"reply_to", "correlation_id"})
 
 #: Turns a record's value and headers into an Event, None (skip) or MalformedEvent.
 Parser = Callable[[bytes | None, Sequence[tuple[str, bytes]]], Event | None]
+
+
+def _nothing(record: Record) -> None:
+    return None
 
 
 class Processor:
@@ -56,16 +61,23 @@ class Processor:
         self._events = LabelledCounter(metrics.events)
         self._slots = asyncio.Semaphore(concurrency)
 
-    async def process_batch(self, records: Sequence[Record]) -> None:
-        """Process every record; same-key records in order, other keys concurrently."""
+    async def process_batch(
+        self,
+        records: Sequence[Record],
+        finished: Callable[[Record], None] = _nothing,
+        handback: asyncio.Event | None = None,
+    ) -> None:
+        """Process every record; same-key records in order, other keys concurrently.
+        `finished` is told of each record that reached its end; once `handback` is set,
+        no more records start (the caller hands them back)."""
         lanes: dict[Any, list[Record]] = defaultdict(list)
         for record in records:
             lane = record.key if record.key is not None else (record.topic, record.partition)
             lanes[lane].append(record)
-        # Siblings are not cancelled when one lane fails: a send cancelled after the SMTP
-        # server accepted it but before the dedupe record would be sent again later.
+        # Siblings are not cancelled when one lane fails: work that could finish does, and
+        # is committed.
         outcomes = await asyncio.gather(
-            *(self._process_lane(same_key) for same_key in lanes.values()),
+            *(self._process_lane(same_key, finished, handback) for same_key in lanes.values()),
             return_exceptions=True,
         )
         errors = [o for o in outcomes if isinstance(o, BaseException)]
@@ -73,10 +85,19 @@ class Processor:
         if paused or errors:
             raise (paused or errors)[0]
 
-    async def _process_lane(self, records: list[Record]) -> None:
+    async def _process_lane(
+        self,
+        records: list[Record],
+        finished: Callable[[Record], None],
+        handback: asyncio.Event | None,
+    ) -> None:
         async with self._slots:
             for record in records:
-                await self.process(record)
+                if handback is not None and handback.is_set():
+                    return
+                with consuming(record.topic, record.partition):
+                    await self.process(record)
+                finished(record)
 
     async def process(self, record: Record) -> None:
         """One record to its fate: done, skipped or dead-lettered."""

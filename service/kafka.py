@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import ssl
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.abc import ConsumerRebalanceListener
@@ -40,6 +40,7 @@ __all__ = [
     "consumer_options",
     "declare_subscriber",
     "diagnose",
+    "isolation_level",
     "new_broker",
     "producer_options",
     "quiet_bootstrap_errors",
@@ -47,7 +48,7 @@ __all__ = [
     "security",
 ]
 
-#: How long SIGTERM waits for the batch in flight to finish and commit.
+#: FastStream's own wait for a handler at shutdown; Herald's drain (app.py) ends first.
 GRACEFUL_TIMEOUT_S = 30.0
 _BATCH_RECORDS = 500
 _FETCH_MAX_WAIT_MS = 25
@@ -104,6 +105,12 @@ def consumer_options(cfg: KafkaConfig) -> dict[str, Any]:
     }
 
 
+def isolation_level(cfg: KafkaConfig) -> Literal["read_committed", "read_uncommitted"]:
+    """With `exactly_once`, Herald reads only committed records (its own retry items are
+    written in transactions, and so may be the producers' events)."""
+    return "read_committed" if cfg.exactly_once else "read_uncommitted"
+
+
 def retry_consumer(cfg: KafkaConfig, listener: ConsumerRebalanceListener) -> AIOKafkaConsumer:
     """The consumer of the retry topics (service/retries.py): a group of its own, so the
     input consumer's rebalances do not move it; from the earliest offset, so a new group
@@ -115,6 +122,7 @@ def retry_consumer(cfg: KafkaConfig, listener: ConsumerRebalanceListener) -> AIO
         # A retry topic created after start-up (auto-created by the first retry) is seen
         # within this long.
         metadata_max_age_ms=10_000,
+        isolation_level=isolation_level(cfg),
         **consumer_options(cfg),
     )
     consumer.subscribe([topic + cfg.retry_suffix for topic in cfg.topics], listener=listener)
@@ -134,9 +142,14 @@ def new_broker(cfg: KafkaConfig) -> KafkaBroker:
 
 
 def declare_subscriber(
-    broker: KafkaBroker, cfg: KafkaConfig, listener: ConsumerRebalanceListener | None = None
+    broker: KafkaBroker,
+    cfg: KafkaConfig,
+    listener: ConsumerRebalanceListener | None = None,
+    *,
+    max_poll_interval_s: float = 300.0,
 ) -> BatchSubscriber:
-    """Herald's one subscriber: every input topic, batches, commits only by hand."""
+    """Herald's one subscriber: every input topic, batches, commits only by hand.
+    `max_poll_interval_s` must exceed the longest batch (service/batches.py)."""
     return broker.subscriber(
         *(Topic(name, declare=False) for name in cfg.topics),
         group_id=cfg.group_id,
@@ -147,6 +160,8 @@ def declare_subscriber(
         # fetch, so this bounds the latency from publish to processing.
         fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
         ack_policy=AckPolicy.MANUAL,
+        max_poll_interval_ms=int(max_poll_interval_s * 1000),
+        isolation_level=isolation_level(cfg),
         # `reply_to` is Herald's header for decisions (SPEC §6); FastStream would also
         # publish the handler's return value there, an empty record the caller cannot parse.
         no_reply=True,

@@ -24,6 +24,7 @@ from aiokafka.errors import (
 )
 
 from service.failures import OutputFailed
+from service.transactions import Transactions, current_source
 
 __all__ = [
     "COMMAND_TYPE",
@@ -99,8 +100,12 @@ class Outputs:
         decisions_topic: str = "identity.decisions",
         max_request_size: int = MAX_REQUEST_BYTES,
         reply_topic_wait_s: float = REPLY_TOPIC_WAIT_S,
+        transactions: Transactions | None = None,
     ) -> None:
         self.producer = producer
+        #: `kafka.exactly_once`: outputs of a consumed record go in its partition's
+        #: transaction; others (the decision webhook's) through the plain producer.
+        self.transactions = transactions
         self.dlq_suffix = dlq_suffix
         self.retry_suffix = retry_suffix
         self.commands_topic = commands_topic
@@ -171,7 +176,7 @@ class Outputs:
             await self._without_value(topic, record.key, value, headers)
             return topic
         try:
-            await self.producer.send_and_wait(topic, value, key=record.key, headers=headers)
+            await self._produce(topic, value, key=record.key, headers=headers)
         except MessageSizeTooLargeError:
             if not value:
                 raise
@@ -186,7 +191,7 @@ class Outputs:
         self, topic: str, key: bytes | None, value: bytes, headers: Headers
     ) -> None:
         omitted = ("x-herald-value-omitted", str(len(value)).encode())
-        await self.producer.send_and_wait(topic, b"", key=key, headers=[*headers, omitted])
+        await self._produce(topic, b"", key=key, headers=[*headers, omitted])
 
     async def _send(
         self,
@@ -198,9 +203,23 @@ class Outputs:
     ) -> None:
         """Publish one output; a value too large for Kafka is this event's fault."""
         try:
-            await self.producer.send_and_wait(topic, value, key=key, headers=headers)
+            await self._produce(topic, value, key=key, headers=headers)
         except MessageSizeTooLargeError:
             raise OutputFailed(f"{len(value)} bytes to {topic}: too large for Kafka") from None
+
+    async def _produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None,
+        headers: list[tuple[str, bytes | None]] | None,
+    ) -> None:
+        source = current_source() if self.transactions is not None else None
+        if source is None or self.transactions is None:
+            await self.producer.send_and_wait(topic, value, key=key, headers=headers)
+        else:
+            await self.transactions.send(source, topic, value, key, headers)
 
     async def _wait_for_topic(self, topic: str) -> None:
         """Until Kafka knows `topic` and lets Herald write it, for `reply_topic_wait_s` at
@@ -233,9 +252,7 @@ class Outputs:
         if _size(original.key, original.value or b"", all_headers) > self.max_request_size:
             raise OutputFailed(f"the retry item for {topic} is too large for Kafka")
         try:
-            await self.producer.send_and_wait(
-                topic, original.value, key=original.key, headers=all_headers
-            )
+            await self._produce(topic, original.value, key=original.key, headers=all_headers)
         except MessageSizeTooLargeError:
             raise OutputFailed(f"the retry item for {topic} is too large for Kafka") from None
         return topic

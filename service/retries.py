@@ -53,6 +53,7 @@ from service.mail.render import template_context
 from service.metrics import Metrics
 from service.outputs import Outputs, Record
 from service.retry import RetryPolicy
+from service.transactions import Transactions, consuming
 
 __all__ = ["MalformedRetry", "Retrier", "RetryItem", "RetryScheduler", "retry_headers"]
 
@@ -275,8 +276,12 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         metrics: Metrics,
         *,
         concurrency: int = _CONCURRENCY,
+        group_id: str = "",
+        transactions: Transactions | None = None,
     ) -> None:
         self.retrier = retrier
+        self.group_id = group_id
+        self.transactions = transactions
         self.metrics = metrics
         self.consumer = consumer(self)
         self._heap: list[_Due] = []
@@ -304,8 +309,10 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             asyncio.create_task(self._commit_forever(), name="retry-commit"),
         ]
 
-    async def stop(self, timeout: float = 30.0) -> None:
-        """Stop reading and dispatching; let attempts in flight finish; commit; close."""
+    async def stop(self, drain_s: float = 10.0) -> None:
+        """Stop reading and dispatching (items waiting for their time stay on the retry
+        topic); give attempts in flight `drain_s` to finish, then cancel them (a send
+        already handed to the server is recorded, never abandoned); commit; close."""
         self._stopping = True
         self._wake.set()
         for task in self._tasks:
@@ -314,7 +321,11 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._running:
-            await asyncio.wait(self._running, timeout=timeout)
+            await asyncio.wait(self._running, timeout=drain_s)
+        for task in self._running:
+            task.cancel()
+        if self._running:
+            await asyncio.wait(self._running)
         await self._commit()
         await self.consumer.stop()
 
@@ -322,6 +333,8 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         await self._commit()
+        if self.transactions is not None:
+            await self.transactions.revoke(revoked)
         for tp in revoked:
             self._pending.pop(tp, None)
             self._next.pop(tp, None)
@@ -332,6 +345,8 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         self._gauge()
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        if self.transactions is not None:
+            await self.transactions.assign(assigned, self.group_id)
         for tp in assigned:
             self._pending.setdefault(tp, set())
 
@@ -386,7 +401,10 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _run(self, due: _Due) -> None:
         try:
-            await self.retrier.attempt(due.item)
+            with consuming(due.tp.topic, due.tp.partition):
+                await self.retrier.attempt(due.item)
+        except asyncio.CancelledError:  # shutdown: the item stays uncommitted
+            raise
         except Outage as exc:
             log.warning("retry waits for an outage", extra={"reason": str(exc)})
             self._again_later(due)
@@ -415,14 +433,21 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._commit()
 
     async def _commit(self) -> None:
-        """Commit each partition up to its oldest unfinished item."""
+        """Commit each partition up to its oldest unfinished item (with
+        `kafka.exactly_once`, in the transaction holding the attempts' outputs)."""
         offsets = {}
         for tp, upto in self._next.items():
             pending = self._pending.get(tp)
             offset = min(pending) if pending else upto
-            if self._committed.get(tp) != offset:  # an idle scheduler commits nothing
-                offsets[tp] = offset
+            if self._committed.get(tp) != offset or self._written(tp):
+                offsets[tp] = offset  # an idle scheduler commits nothing
         if not offsets:
+            return
+        if self.transactions is not None:
+            failed = await self.transactions.commit(offsets, self.consumer)
+            self._committed.update({tp: o for tp, o in offsets.items() if tp not in failed})
+            for tp in failed:
+                await self._read_again(tp)
             return
         try:
             await self.consumer.commit(offsets)
@@ -431,6 +456,21 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("retry commit failed (rebalance)", extra={"error": type(exc).__name__})
         except KafkaError as exc:
             log.warning("retry commit failed", extra={"error": repr(exc)})
+
+    def _written(self, tp: TopicPartition) -> bool:
+        return self.transactions is not None and self.transactions.written(tp)
+
+    async def _read_again(self, tp: TopicPartition) -> None:
+        """The transaction of `tp` was aborted: what its attempts wrote is gone, so read
+        the partition again from its committed offset and make those attempts again (an
+        email already sent is not sent twice: the dedupe store)."""
+        self._heap = [d for d in self._heap if d.tp != tp]
+        heapq.heapify(self._heap)
+        self._pending[tp] = set()
+        self._next.pop(tp, None)
+        with contextlib.suppress(KafkaError, IllegalStateError, AssertionError):
+            await self.consumer.seek_to_committed(tp)
+        self._gauge()
 
     def _backpressure(self) -> None:
         pending = len(self._heap)
