@@ -1,12 +1,24 @@
-"""`python` actions: `async def handler(event, api)` in the shape of Auth0 Actions."""
+"""`python` actions: `async def handler(event, api)` in the shape of Auth0 Actions.
+
+An `async def` handler runs on the event loop, like everything else in Herald: it must
+not block. Any other handler (a plain `def`, a callable object, a partial of either) runs
+in a worker thread of a bounded pool, so blocking code in it stalls nobody and the
+action's `timeout_s` holds. A thread cannot be killed: when its action times out it
+runs on, but its `api` is closed by then, so whatever it asks for later is refused
+(`ActionEnded`) and changes nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import functools
 import importlib
 import inspect
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,13 +29,64 @@ from service.flows import ActionFn, RunContext
 from service.mail.mailer import EmailRequest, Mailer
 from service.mail.render import template_context
 
-__all__ = ["ActionNotAllowed", "Api", "Obj", "load_handler", "python_action"]
+__all__ = [
+    "ActionEnded",
+    "ActionNotAllowed",
+    "Api",
+    "Obj",
+    "is_async_handler",
+    "load_handler",
+    "python_action",
+]
 
 Handler = Callable[["Obj", "Api"], Awaitable[Any] | Any]
+
+#: Where handlers that are not coroutine functions run. Bounded: a burst of blocking
+#: handlers queues here (each still within its own `timeout_s`) instead of spawning
+#: threads without limit; a timed-out handler keeps its thread until it returns.
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(
+    max_workers=32, thread_name_prefix="herald-action"
+)
 
 
 class ActionNotAllowed(RuntimeError):
     """An `api` call the event's trigger does not support (e.g. a redirect on sign-up)."""
+
+
+class ActionEnded(ActionNotAllowed):
+    """An `api` call after the action returned or ran past its `timeout_s` (a handler
+    thread that outlived its action, a task it left behind): refused, nothing changes."""
+
+
+class _State:
+    """Whether the action is still running; `api` calls change the flow only while it is.
+
+    The lock makes "check open, then change the result" one step with respect to
+    `close()`, so a handler thread never writes to a result the flow already reads.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def check(self, call: str) -> None:
+        """Raise ActionEnded once the action ended; call with `lock` held."""
+        if self.closed:
+            raise ActionEnded(
+                f"{call}: the action has ended (it returned or ran past its timeout_s)"
+            )
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
+    def on_loop(self) -> bool:
+        """Whether the caller runs on the action's event loop (not in a worker thread)."""
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
 
 
 class Obj(Mapping[str, Any]):
@@ -62,42 +125,67 @@ def _wrap(value: Any) -> Any:
 
 
 class Api:
-    """What a handler may do: `api.access`, `api.user`, `api.redirect`, `api.email`."""
+    """What a handler may do: `api.access`, `api.user`, `api.redirect`, `api.email`.
 
-    def __init__(self, ctx: RunContext, action: PythonAction, mailer: Mailer) -> None:
-        self.access = _Access(ctx)
-        self.user = _User(ctx)
-        self.redirect = _Redirect(ctx)
-        self.email = _Email(ctx, action, mailer)
+    Usable while the action runs, from the event loop or from the handler's worker
+    thread; once the action returned or timed out every call raises `ActionEnded`.
+    """
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        action: PythonAction,
+        mailer: Mailer,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._state = _State(loop or asyncio.get_running_loop())
+        self.access = _Access(ctx, self._state)
+        self.user = _User(ctx, self._state)
+        self.redirect = _Redirect(ctx, self._state)
+        self.email = _Email(ctx, action, mailer, self._state)
+
+    def close(self) -> None:
+        """End the action: from now on every `api` call is refused."""
+        self._state.close()
 
 
 class _Access:
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, state: _State) -> None:
         self._ctx = ctx
+        self._state = state
 
     def deny(self, reason: str, user_message: str = "") -> None:
         """Refuse the sign-up or login; the flow stops after this action."""
         _allowed(self._ctx, "deny", "api.access.deny")
-        result = self._ctx.result
-        result.decision, result.reason, result.user_message = "deny", str(reason), str(user_message)
+        with self._state.lock:
+            self._state.check("api.access.deny")
+            result = self._ctx.result
+            result.decision, result.reason = "deny", str(reason)
+            result.user_message = str(user_message)
 
 
 class _User:
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, state: _State) -> None:
         self._ctx = ctx
+        self._state = state
 
     def set_user_metadata(self, key: str, value: Any) -> None:
         """Set (or with None, delete) one key of `user_metadata`."""
-        self._ctx.result.user_metadata[str(key)] = value
+        with self._state.lock:
+            self._state.check("api.user.set_user_metadata")
+            self._ctx.result.user_metadata[str(key)] = value
 
     def set_app_metadata(self, key: str, value: Any) -> None:
         """Set (or with None, delete) one key of `app_metadata`."""
-        self._ctx.result.app_metadata[str(key)] = value
+        with self._state.lock:
+            self._state.check("api.user.set_app_metadata")
+            self._ctx.result.app_metadata[str(key)] = value
 
 
 class _Redirect:
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, state: _State) -> None:
         self._ctx = ctx
+        self._state = state
 
     def send_user_to(self, url: str, query: Mapping[str, Any] | None = None) -> None:
         """Redirect the user before the login completes."""
@@ -107,25 +195,41 @@ class _Redirect:
             raise ValueError(
                 f"api.redirect.send_user_to needs an absolute http(s) URL, got {url!r}"
             )
-        self._ctx.result.decision = "redirect"
-        self._ctx.result.redirect = {
-            "url": str(url),
-            "query": {k: str(v) for k, v in (query or {}).items()},
-        }
+        redirect = {"url": str(url), "query": {k: str(v) for k, v in (query or {}).items()}}
+        with self._state.lock:
+            self._state.check("api.redirect.send_user_to")
+            self._ctx.result.decision = "redirect"
+            self._ctx.result.redirect = redirect
 
 
 class _Email:
-    def __init__(self, ctx: RunContext, action: PythonAction, mailer: Mailer) -> None:
+    def __init__(
+        self, ctx: RunContext, action: PythonAction, mailer: Mailer, state: _State
+    ) -> None:
         self._ctx = ctx
         self._action = action
         self._mailer = mailer
+        self._state = state
+        #: Sends started on the loop (an async handler's).
         self.pending: list[asyncio.Task[str]] = []
+        #: Sends a worker thread handed to the loop, and their tasks once started.
+        self.handed_over: list[concurrent.futures.Future[str]] = []
+        self._started: list[asyncio.Task[Any]] = []
 
     def send(
         self, template: str, to: str | None = None, data: Mapping[str, Any] | None = None
-    ) -> asyncio.Task[str]:
-        """Send `template` (to `event.user.email` by default); await it or not — the action
-        finishes only when every email it asked for was sent."""
+    ) -> asyncio.Task[str] | concurrent.futures.Future[str]:
+        """Send `template` (to `event.user.email` by default); the action finishes only
+        when every email it asked for was sent, whether or not the handler waits for it.
+
+        From an `async def` handler: an asyncio Task, `await` it for the outcome. From a
+        plain `def` handler (a worker thread): a `concurrent.futures.Future`, whose
+        `.result()` blocks the thread until the outcome. The outcome is the mailer's
+        (`sent`, `duplicate`, `rate_limited`, `uncertain`), or `deferred` when a
+        transient failure scheduled a retry; a permanent failure (e.g. no address)
+        raises EmailFailed and fails the action. Raises ActionEnded once the action
+        ended: nothing is sent then.
+        """
         context = template_context(self._ctx.view, self._ctx.secrets, data)
         user = context["user"]
         default_recipient = to is None  # the user's own address carries the user's name
@@ -138,16 +242,54 @@ class _Email:
             locale=user.get("locale"),
             context=context,
         )
-        task = asyncio.ensure_future(self._send(request))
-        self.pending.append(task)
-        return task
+        call = "api.email.send"
+        with self._state.lock:
+            self._state.check(call)
+            if self._state.on_loop():
+                task = asyncio.ensure_future(self._send(request, call))
+                self.pending.append(task)
+                return task
+            # From a worker thread: the send runs on the action's loop. Under the lock,
+            # so the action either waits for this send or has ended and refuses it.
+            future = asyncio.run_coroutine_threadsafe(self._send(request, call), self._state.loop)
+            self.handed_over.append(future)
+            return future
 
-    async def _send(self, request: EmailRequest) -> str:
+    async def _send(self, request: EmailRequest, call: str) -> str:
+        # A send handed over by a thread starts a little later, on the loop: the action
+        # may have ended meanwhile (timed out), and then nothing is sent.
+        with self._state.lock:
+            self._state.check(call)
+            task = asyncio.current_task()
+            if task is not None:
+                self._started.append(task)  # so that cancel() reaches it at once
         try:
             return await self._mailer.send(request)
         except EmailDeferred as exc:  # scheduled for retry when the flow ends
             self._ctx.result.deferred.append((request, exc.reason))
             return "deferred"
+
+    async def wait_all_then_close(self) -> None:
+        """Wait for every email asked for, including any asked for meanwhile, then end
+        the action: checking for new sends and closing is one step under the lock, so a
+        send is either waited for or refused, never left running unwaited."""
+        tasks_seen = handed_seen = 0
+        while True:
+            with self._state.lock:
+                tasks, handed = self.pending[tasks_seen:], self.handed_over[handed_seen:]
+                if not tasks and not handed:
+                    self._state.closed = True
+                    return
+            tasks_seen, handed_seen = tasks_seen + len(tasks), handed_seen + len(handed)
+            loop = self._state.loop
+            await asyncio.gather(*tasks, *(asyncio.wrap_future(f, loop=loop) for f in handed))
+
+    def cancel(self) -> None:
+        """Cancel every send not finished (the mailer records one whose message went out)."""
+        for task in (*self.pending, *self._started):
+            task.cancel()
+        for future in self.handed_over:
+            future.cancel()  # one not started yet: its task will find the action ended
 
 
 def _allowed(ctx: RunContext, action: str, call: str) -> None:
@@ -171,22 +313,50 @@ def load_handler(spec: str) -> Handler:
     return handler  # type: ignore[no-any-return]
 
 
+def is_async_handler(handler: Callable[..., Any]) -> bool:
+    """Whether `handler` is a coroutine function: an `async def`, a method or a
+    functools.partial of one, or an object whose `__call__` is one."""
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - an async __call__ is looked for
+    return inspect.iscoroutinefunction(call)
+
+
 def python_action(action: PythonAction, mailer: Mailer) -> ActionFn:
-    """Bind a configured `python` action to its imported handler."""
+    """Bind a configured `python` action to its imported handler.
+
+    A coroutine function is awaited on the event loop; any other handler runs in a
+    worker thread, awaited from the loop, so that `timeout_s` (flows.py) cancels the
+    wait on time even while the thread blocks.
+    """
     handler = load_handler(action.handler)
+    on_loop = is_async_handler(handler)
 
     async def run(ctx: RunContext) -> str:
-        api = Api(ctx, action, mailer)
+        loop = asyncio.get_running_loop()
+        api = Api(ctx, action, mailer, loop)
         try:
-            outcome = handler(Obj(ctx.view), api)
-            if inspect.isawaitable(outcome):
+            if on_loop:
+                outcome = handler(Obj(ctx.view), api)
+            else:
+                # In the action's context (as asyncio.to_thread): what the thread hands
+                # back to the loop (its emails) runs with the action's context variables.
+                call = functools.partial(
+                    contextvars.copy_context().run, handler, Obj(ctx.view), api
+                )
+                outcome = await loop.run_in_executor(_EXECUTOR, call)
+            if inspect.isawaitable(outcome):  # e.g. a plain def that returns a coroutine
                 await outcome
-            await asyncio.gather(*api.email.pending)
+            await api.email.wait_all_then_close()
         except EmailFailed as exc:
             raise ActionFailed(exc.error, exc.reason) from None
         finally:
-            for task in api.email.pending:
-                task.cancel()
+            # Returned, failed or timed out: a handler thread still running (or a task
+            # the handler left behind) can change nothing from here on.
+            api.close()
+            api.email.cancel()
         return "done"
 
     return run

@@ -33,3 +33,53 @@ async def sets_a_set(event: Any, api: Any) -> None:
 async def sets_a_huge_int(event: Any, api: Any) -> None:
     """Metadata JSON (orjson) cannot encode: an int over 64 bits."""
     api.user.set_user_metadata("counter", 2**70)
+
+
+#: What the plain-def handlers below saw, by event id (tests/test_blocking_handlers.py).
+SEEN: dict[str, dict[str, Any]] = {}
+
+
+def sleeps_two_seconds(event: Any, api: Any) -> None:
+    """A plain def that blocks for 2 s (configured with a shorter timeout_s)."""
+    import threading
+    import time
+
+    seen = SEEN.setdefault(str(event.id), {})
+    seen["thread"] = threading.current_thread().name
+    seen["started"] = time.monotonic()
+    time.sleep(2)
+    seen["returned"] = time.monotonic()
+
+
+def welcomes_from_a_thread(event: Any, api: Any) -> None:
+    """A plain def using the api: metadata, then an email whose outcome it waits for."""
+    import threading
+
+    seen = SEEN.setdefault(str(event.id), {})
+    seen["thread"] = threading.current_thread().name
+    api.user.set_app_metadata("x", 1)
+    seen["outcome"] = api.email.send("welcome").result(timeout=10)
+
+
+def acts_after_its_timeout(event: Any, api: Any) -> None:
+    """Sleeps 1.5 s (past a timeout_s of 0.5), then tries to send an email and to set
+    metadata; records what each call raised."""
+    import time
+
+    seen = SEEN.setdefault(str(event.id), {})
+    seen["started"] = time.monotonic()
+    time.sleep(1.5)
+    errors: list[str] = []
+    for call in (
+        lambda: api.email.send("welcome"),
+        lambda: api.user.set_app_metadata("late", True),
+        lambda: api.user.set_user_metadata("late", True),
+    ):
+        try:
+            call()
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        else:
+            errors.append("no exception")
+    seen["errors"] = errors
+    seen["acted"] = time.monotonic()
