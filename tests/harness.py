@@ -158,9 +158,16 @@ class Kafka:
             futures.append(await self.producer.send(topic, raw, key=value_key(raw)))
         await asyncio.gather(*futures)
 
-    async def read(self, topic: str, count: int, timeout: float = 15) -> list[ConsumerRecord]:
-        """Wait for `count` records on `topic` (all partitions, from the start)."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+    async def read(
+        self, topic: str, count: int, timeout: float = 15, *, committed_only: bool = False
+    ) -> list[ConsumerRecord]:
+        """Wait for `count` records on `topic` (all partitions, from the start); with
+        `committed_only`, as a `read_committed` consumer sees them."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed" if committed_only else "read_uncommitted",
+        )
         await consumer.start()
         try:
             partitions = await _partitions(consumer, topic)
