@@ -163,6 +163,22 @@ def _run(args: argparse.Namespace) -> None:
     config = _load_checked(path)
     setup_logging(config.log.level, config.log.show_addresses)
     asyncio.run(_serve(Herald(config), path))
+    _exit_despite_handler_threads()
+
+
+def _exit_despite_handler_threads() -> None:
+    """Herald stopped cleanly; a sync python handler still blocking in its thread (past
+    its timeout) would hold the interpreter's exit forever: exit without it."""
+    from service.python_actions import handler_threads_busy
+
+    busy = handler_threads_busy()
+    if busy:
+        logging.getLogger("herald").warning(
+            "exiting while python handlers still run in their threads", extra={"threads": busy}
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def _load_checked(path: Path) -> Config:

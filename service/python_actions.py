@@ -47,6 +47,25 @@ Handler = Callable[["Obj", "Api"], Awaitable[Any] | Any]
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(
     max_workers=32, thread_name_prefix="herald-action"
 )
+_busy = 0
+_busy_lock = threading.Lock()
+
+
+def handler_threads_busy() -> int:
+    """How many sync handlers are still running in worker threads (one that outlived its
+    `timeout_s` included): the process must not wait for them at exit."""
+    return _busy
+
+
+def _in_thread(call: Callable[[], Any]) -> Any:
+    global _busy
+    with _busy_lock:
+        _busy += 1
+    try:
+        return call()
+    finally:
+        with _busy_lock:
+            _busy -= 1
 
 
 class ActionNotAllowed(RuntimeError):
@@ -346,7 +365,7 @@ def python_action(action: PythonAction, mailer: Mailer) -> ActionFn:
                 call = functools.partial(
                     contextvars.copy_context().run, handler, Obj(ctx.view), api
                 )
-                outcome = await loop.run_in_executor(_EXECUTOR, call)
+                outcome = await loop.run_in_executor(_EXECUTOR, _in_thread, call)
             if inspect.isawaitable(outcome):  # e.g. a plain def that returns a coroutine
                 await outcome
             await api.email.wait_all_then_close()

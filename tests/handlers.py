@@ -83,3 +83,17 @@ def acts_after_its_timeout(event: Any, api: Any) -> None:
             errors.append("no exception")
     seen["errors"] = errors
     seen["acted"] = time.monotonic()
+
+
+async def refused_and_slow(event: Any, api: Any) -> None:
+    """Two emails at once: the server refuses one at RCPT and is slow to answer the
+    other's data (tests/test_once.py), so the refusal cancels the slow one mid-send."""
+    api.email.send("welcome", to="slow@herald.test")
+    api.email.send("welcome", to="refused@herald.test")
+
+
+def never_returns(event: Any, api: Any) -> None:
+    """Blocks its thread far past any timeout (SIGTERM must not wait for it)."""
+    import time
+
+    time.sleep(120)

@@ -17,7 +17,9 @@ from service.devtools.smtp import RecordingSMTP
 from service.python_actions import is_async_handler
 from tests import handlers
 from tests.harness import (
+    HeraldProcess,
     Kafka,
+    config_file,
     events,
     load_example,
     make_config,
@@ -216,3 +218,20 @@ class _SyncCallable:
 )
 def test_which_handlers_run_on_the_loop(handler: Any, on_loop: bool) -> None:
     assert is_async_handler(handler) is on_loop
+
+
+async def test_sigterm_does_not_wait_for_a_handler_thread_that_never_returns(
+    kafka: EmbeddedKafka, smtp: RecordingSMTP, client: Kafka, tmp_path: Path
+) -> None:
+    config = make_config(kafka, smtp, tmp_path, flows=python_flow("never_returns", timeout_s=0.5))
+    herald = HeraldProcess(config_file(config, tmp_path / "herald.yaml"))
+    await herald.start()
+    await client.send(config.kafka.topics[0], load_example("post-user-registration"))
+    await herald.wait_log("event dead-lettered", timeout=20)  # ActionTimeout; thread blocks on
+    started = time.monotonic()
+    code = await herald.stop()
+    took = time.monotonic() - started
+    print(f"SIGTERM with a handler thread blocked for 120 s: exit {code} in {took:.2f} s")
+    assert code == 0
+    assert took < 10, f"exit took {took:.2f} s"
+    assert herald.logged("exiting while python handlers still run in their threads")
