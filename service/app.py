@@ -37,6 +37,7 @@ from service.formats import parser_for
 from service.http import HttpServer
 from service.kafka import (
     KafkaUnavailable,
+    committed_metadata,
     declare_subscriber,
     diagnose,
     new_broker,
@@ -198,6 +199,7 @@ class Herald:
             self.metrics,
             group_id=kafka.group_id + kafka.retry_suffix,
             transactions=self.transactions,
+            committed=committed_metadata(kafka, kafka.group_id + kafka.retry_suffix),
         )
         await scheduler.start()
         self.scheduler = scheduler

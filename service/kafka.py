@@ -8,10 +8,12 @@ import dataclasses
 import logging
 import os
 import ssl
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     KafkaConnectionError,
@@ -37,6 +39,7 @@ from service.outputs import MAX_REQUEST_BYTES
 __all__ = [
     "GRACEFUL_TIMEOUT_S",
     "KafkaUnavailable",
+    "committed_metadata",
     "consumer_options",
     "declare_subscriber",
     "diagnose",
@@ -127,6 +130,24 @@ def retry_consumer(cfg: KafkaConfig, listener: ConsumerRebalanceListener) -> AIO
     )
     consumer.subscribe([topic + cfg.retry_suffix for topic in cfg.topics], listener=listener)
     return consumer
+
+
+def committed_metadata(
+    cfg: KafkaConfig, group_id: str
+) -> Callable[[Sequence[TopicPartition]], Awaitable[dict[TopicPartition, str]]]:
+    """Reads the metadata strings committed with `group_id`'s offsets (what the retry
+    scheduler finished above its committed offset, service/offsets.py)."""
+
+    async def read(tps: Sequence[TopicPartition]) -> dict[TopicPartition, str]:
+        admin = AIOKafkaAdminClient(**consumer_options(cfg))
+        await admin.start()
+        try:
+            found = await admin.list_consumer_group_offsets(group_id, partitions=list(tps))
+        finally:
+            await admin.close()
+        return {tp: meta.metadata or "" for tp, meta in found.items()}
+
+    return read
 
 
 def new_broker(cfg: KafkaConfig) -> KafkaBroker:

@@ -36,7 +36,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +51,7 @@ from service.flows import event_view
 from service.mail.mailer import EmailRequest, Mailer
 from service.mail.render import template_context
 from service.metrics import Metrics
+from service.offsets import decode_done, encode_done
 from service.outputs import Outputs, Record
 from service.retry import RetryPolicy
 from service.transactions import Transactions, consuming
@@ -69,6 +70,8 @@ _CONCURRENCY = 16
 _COMMIT_EVERY_S = 1.0
 
 Parser = Callable[[bytes | None, Sequence[tuple[str, bytes]]], Event | None]
+#: The committed metadata of the retry group's partitions (service/offsets.py).
+Committed = Callable[[Sequence[TopicPartition]], Awaitable[Mapping[TopicPartition, str]]]
 
 
 class MalformedRetry(ValueError):
@@ -278,9 +281,11 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         concurrency: int = _CONCURRENCY,
         group_id: str = "",
         transactions: Transactions | None = None,
+        committed: Committed | None = None,
     ) -> None:
         self.retrier = retrier
         self.group_id = group_id
+        self.committed = committed
         self.transactions = transactions
         self.metrics = metrics
         self.consumer = consumer(self)
@@ -288,7 +293,11 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         self._seq = itertools.count()
         self._pending: dict[TopicPartition, set[int]] = {}
         self._next: dict[TopicPartition, int] = {}  # offset after the last one read
-        self._committed: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, tuple[int, str]] = {}
+        #: Finished at or above the commit position (items finish out of order), and
+        #: the same as read back from the committed metadata: not attempted again.
+        self._done: dict[TopicPartition, set[int]] = {}
+        self._skip: dict[TopicPartition, set[int]] = {}
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
         self._running: set[asyncio.Task[None]] = set()
@@ -336,9 +345,8 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.transactions is not None:
             await self.transactions.revoke(revoked)
         for tp in revoked:
-            self._pending.pop(tp, None)
-            self._next.pop(tp, None)
-            self._committed.pop(tp, None)
+            for state in (self._pending, self._next, self._committed, self._done, self._skip):
+                state.pop(tp, None)
         gone = set(revoked)
         self._heap = [d for d in self._heap if d.tp not in gone]
         heapq.heapify(self._heap)
@@ -347,8 +355,22 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         if self.transactions is not None:
             await self.transactions.assign(assigned, self.group_id)
+        metadata = await self._committed_metadata(assigned)
         for tp in assigned:
             self._pending.setdefault(tp, set())
+            self._done.setdefault(tp, set())
+            self._skip[tp] = decode_done(metadata.get(tp))
+
+    async def _committed_metadata(
+        self, tps: Sequence[TopicPartition]
+    ) -> Mapping[TopicPartition, str]:
+        if self.committed is None or not tps:
+            return {}
+        try:
+            return await self.committed(tps)
+        except (KafkaError, OSError) as exc:  # then those items are attempted again
+            log.warning("retry progress not read", extra={"error": repr(exc)})
+            return {}
 
     # --- the three loops ---------------------------------------------------------------
 
@@ -367,6 +389,9 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _add(self, tp: TopicPartition, record: Any) -> None:
         self._next[tp] = record.offset + 1
+        if record.offset in self._skip.get(tp, ()):  # finished before the last rebalance
+            self._done.setdefault(tp, set()).add(record.offset)
+            return
         try:
             item = read_item(record)
         except MalformedRetry as exc:
@@ -379,6 +404,7 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
                     "reason": str(exc),
                 },
             )
+            self._done.setdefault(tp, set()).add(record.offset)
             return
         self._pending.setdefault(tp, set()).add(record.offset)
         heapq.heappush(self._heap, _Due(item.due, next(self._seq), tp, record.offset, item))
@@ -413,7 +439,9 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             log.error("retry attempt failed, trying again", exc_info=exc)
             self._again_later(due)
         else:
-            self._pending.get(due.tp, set()).discard(due.offset)
+            if due.tp in self._pending:
+                self._pending[due.tp].discard(due.offset)
+                self._done[due.tp].add(due.offset)
             self._gauge()
         finally:
             self._slots.release()
@@ -433,14 +461,17 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._commit()
 
     async def _commit(self) -> None:
-        """Commit each partition up to its oldest unfinished item (with
-        `kafka.exactly_once`, in the transaction holding the attempts' outputs)."""
-        offsets = {}
+        """Commit each partition up to its oldest unfinished item, with the items finished
+        above it in the metadata (with `kafka.exactly_once`, in the transaction holding
+        the attempts' outputs)."""
+        offsets: dict[TopicPartition, tuple[int, str]] = {}
         for tp, upto in self._next.items():
             pending = self._pending.get(tp)
             offset = min(pending) if pending else upto
-            if self._committed.get(tp) != offset or self._written(tp):
-                offsets[tp] = offset  # an idle scheduler commits nothing
+            done = self._done[tp] = {o for o in self._done.get(tp, ()) if o >= offset}
+            commit = (offset, encode_done(done))
+            if self._committed.get(tp) != commit or self._written(tp):
+                offsets[tp] = commit  # an idle scheduler commits nothing
         if not offsets:
             return
         if self.transactions is not None:
@@ -468,6 +499,8 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         heapq.heapify(self._heap)
         self._pending[tp] = set()
         self._next.pop(tp, None)
+        self._done[tp] = set()
+        self._skip[tp] = decode_done(self._committed.get(tp, (0, ""))[1])
         with contextlib.suppress(KafkaError, IllegalStateError, AssertionError):
             await self.consumer.seek_to_committed(tp)
         self._gauge()

@@ -52,6 +52,10 @@ def consuming(topic: str, partition: int) -> Iterator[None]:
         _SOURCE.reset(token)
 
 
+#: An offset to commit, alone or with its metadata string.
+Offset = int | tuple[int, str]
+
+
 class NotOwned(KafkaError):
     """An output for a partition this instance no longer owns: its batch is abandoned."""
 
@@ -113,7 +117,7 @@ class Transactions:
         return await future
 
     async def commit(
-        self, offsets: Mapping[TopicPartition, int], consumer: Any
+        self, offsets: Mapping[TopicPartition, Offset], consumer: Any
     ) -> set[TopicPartition]:
         """Commit each partition's offset: in its transaction when it wrote anything, else
         with the consumer's own commit. Returns the partitions whose commit failed; their
@@ -171,7 +175,7 @@ class Transactions:
         part = self._partitions[tp] = _Partition(producer, group_id)
         return part
 
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+    async def _commit(self, tp: TopicPartition, offset: Offset) -> None:
         part = self._partitions[tp]
         async with part.lock:
             try:
