@@ -99,17 +99,34 @@ if redis.call('GET', KEYS[1]) == 'sent' then
 end
 return 3
 """
-# Compare-and-renew: extend only the leases that are still ours.
+# Compare-and-renew: extend only the leases that are still ours; 1 or 0 per key.
 _RENEW_LUA = """
-local renewed = 0
+local renewed = {}
 for i, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[i + 1] then
     redis.call('PEXPIRE', key, ARGV[1])
-    renewed = renewed + 1
+    renewed[i] = 1
+  else
+    renewed[i] = 0
   end
 end
 return renewed
 """
+# Still ours (renewed), or free again (taken back): 1; someone else's or sent: 0.
+_CONFIRM_LUA = """
+local found = redis.call('GET', KEYS[1])
+if found == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not found then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+#: A lease closer than this to its end is confirmed with Redis before the send.
+_CONFIRM_MARGIN_S = 5.0
 _RENEW_CHUNK = 500
 
 log = logging.getLogger(__name__)
@@ -146,6 +163,11 @@ class DedupeStore(Protocol):
 
     async def release(self, key: str) -> None:
         """Drop our claim on an unsent `key`; never removes a sent record."""
+
+    async def confirm(self, key: str) -> bool:
+        """Right before the send: whether our claim on `key` still holds. A lease may
+        lapse while its holder was frozen (a pause, a stopped VM) and another instance
+        take it over; in-process leases live and die with their holder: always True."""
 
     async def close(self) -> None:
         """Free the backend's resources."""
@@ -198,6 +220,9 @@ class MemoryDedupe:
     async def release(self, key: str) -> None:
         """Drop the claim on `key`."""
         self._claims.drop(key)
+
+    async def confirm(self, key: str) -> bool:
+        return True
 
     async def close(self) -> None:
         """Forget everything."""
@@ -397,6 +422,9 @@ class SqliteDedupe:
         """Drop the claim on `key`."""
         self._claims.drop(key)
 
+    async def confirm(self, key: str) -> bool:
+        return True
+
     async def close(self) -> None:
         """Close the file (once its last user closed it)."""
         if not self._closed:
@@ -429,7 +457,10 @@ class RedisDedupe:
         self._claim = self.client.register_script(_CLAIM_LUA)
         self._release = self.client.register_script(_RELEASE_LUA)
         self._renew = self.client.register_script(_RENEW_LUA)
+        self._confirm = self.client.register_script(_CONFIRM_LUA)
         self._tokens: dict[str, str] = {}
+        #: When each claim's lease ends at the latest (monotonic), as far as we know.
+        self._until: dict[str, float] = {}
         self._serial = itertools.count()
         self._renewer: asyncio.Task[None] | None = None
 
@@ -448,23 +479,55 @@ class RedisDedupe:
         )
         if found == 1:
             self._tokens[key] = token
+            self._until[key] = time.monotonic() + self.claim_ttl_ms / 1000
             return Claim.TAKEN
         return Claim.SENT if found == 2 else Claim.HELD
 
     async def renew(self) -> int:
-        """Extend the lease of every claim this instance still holds; how many were."""
+        """Extend the lease of every claim this instance still holds; how many were. A
+        claim found lost (its lease lapsed, another instance took it) is forgotten."""
         held = list(self._tokens.items())
         renewed = 0
         for start in range(0, len(held), _RENEW_CHUNK):
             chunk = held[start : start + _RENEW_CHUNK]
-            renewed += await self._call(
+            began = time.monotonic()
+            flags = await self._call(
                 "renew claims in",
                 self._renew(
                     keys=[self._key(k) for k, _ in chunk],
                     args=[self.claim_ttl_ms, *(token for _, token in chunk)],
                 ),
             )
+            for (key, token), kept in zip(chunk, flags, strict=True):
+                if kept:
+                    self._until[key] = began + self.claim_ttl_ms / 1000
+                    renewed += 1
+                elif self._tokens.get(key) == token:
+                    self._forget(key)
         return renewed
+
+    async def confirm(self, key: str) -> bool:
+        """Without a round trip while the lease has more than `_CONFIRM_MARGIN_S` left;
+        else ask Redis (renewing it, or taking it back if it lapsed and nobody took it)."""
+        token = self._tokens.get(key)
+        if token is None:
+            return False  # found lost by a renewal
+        if time.monotonic() < self._until.get(key, 0.0) - _CONFIRM_MARGIN_S:
+            return True
+        began = time.monotonic()
+        kept = await self._call(
+            "confirm a claim in",
+            self._confirm(keys=[self._key(key)], args=[token, self.claim_ttl_ms]),
+        )
+        if kept:
+            self._until[key] = began + self.claim_ttl_ms / 1000
+            return True
+        self._forget(key)
+        return False
+
+    def _forget(self, key: str) -> None:
+        self._tokens.pop(key, None)
+        self._until.pop(key, None)
 
     async def _renew_forever(self) -> None:
         while True:
@@ -478,11 +541,12 @@ class RedisDedupe:
     async def record(self, key: str) -> None:
         """`SET key sent EX ttl_s`, whoever holds the claim."""
         await self._call("record in", self.client.set(self._key(key), "sent", ex=self.ttl_s))
-        self._tokens.pop(key, None)
+        self._forget(key)
 
     async def release(self, key: str) -> None:
         """Delete the key only while it still holds our claim."""
-        token = self._tokens.pop(key, None)
+        token = self._tokens.get(key)
+        self._forget(key)
         if token is not None:
             await self._call("release in", self._release(keys=[self._key(key)], args=[token]))
 

@@ -487,3 +487,58 @@ async def test_mailer_waits_for_a_claim_held_elsewhere(outcome: str) -> None:
         assert (result, transport.sent) == ("duplicate", [])
     else:
         assert (result, transport.sent) == ("sent", [["ada@herald.test"]])
+
+
+class _PausedTransport(_Recorder):
+    """Holds a connection slot, runs `meanwhile` (as if this process were frozen), then
+    asks `before` whether to go on, as the SMTP pool does."""
+
+    def __init__(self, meanwhile: Callable[[], Any]) -> None:
+        super().__init__()
+        self.meanwhile = meanwhile
+
+    async def send(self, sender: str, recipients: list[str], message: bytes, **options: Any) -> str:
+        await self.meanwhile()
+        if options.get("before") is not None:
+            await options["before"]()
+        return await super().send(sender, recipients, message)
+
+
+async def test_a_holder_whose_lease_lapsed_and_was_taken_over_does_not_send(
+    redis_prefix: str, redis_url: str
+) -> None:
+    frozen = RedisDedupe(redis_url, 60, claim_ttl_s=0.2, prefix=redis_prefix)  # no renewal
+    other = RedisDedupe(redis_url, 60, prefix=redis_prefix)
+    request = _request("e-frozen", "ada@herald.test")
+    key = dedupe_key("e-frozen", "notify", "ada@herald.test")
+
+    async def taken_over_meanwhile() -> None:
+        await asyncio.sleep(0.3)  # the lease lapses
+        assert await other.claim(key) is Claim.TAKEN
+        await other.record(key)  # the other instance sent it
+
+    transport = _PausedTransport(taken_over_meanwhile)
+    try:
+        outcome = await _mailer(frozen, transport).send(request)
+    finally:
+        await frozen.close()
+        await other.close()
+    assert outcome == "duplicate"
+    assert transport.sent == []
+
+
+async def test_a_holder_whose_lease_lapsed_unclaimed_takes_it_back_and_sends_once(
+    redis_prefix: str, redis_url: str
+) -> None:
+    frozen = RedisDedupe(redis_url, 60, claim_ttl_s=0.2, prefix=redis_prefix)
+    other = RedisDedupe(redis_url, 60, prefix=redis_prefix)
+    key = dedupe_key("e-back", "notify", "ada@herald.test")
+    transport = _PausedTransport(lambda: asyncio.sleep(0.3))
+    try:
+        outcome = await _mailer(frozen, transport).send(_request("e-back", "ada@herald.test"))
+        assert await other.claim(key) is Claim.SENT
+    finally:
+        await frozen.close()
+        await other.close()
+    assert outcome == "sent"
+    assert transport.sent == [["ada@herald.test"]]

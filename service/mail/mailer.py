@@ -14,8 +14,9 @@ The claim is released only when the email was certainly not delivered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,7 +50,8 @@ _HELD_POLL_S = (0.05, 1.0)
 
 class Transport(Protocol):
     """Something that hands prebuilt message bytes to an SMTP server, setting `data_sent`
-    once the message went out (raising `DeliveryUncertain` if its reply never came)."""
+    once the message went out (raising `DeliveryUncertain` if its reply never came), and
+    awaiting `before` once it holds a connection slot."""
 
     async def send(
         self,
@@ -58,6 +60,7 @@ class Transport(Protocol):
         message: bytes,
         *,
         data_sent: asyncio.Event | None = None,
+        before: Callable[[], Awaitable[None]] | None = None,
     ) -> str: ...
 
 
@@ -74,6 +77,10 @@ class EmailRequest:
     context: Mapping[str, Any]
     sender: str | None = None
     reply_to: str | None = None
+
+
+class _ClaimLost(Exception):
+    """Our claim lapsed and another sender holds it (or sent the email): do not send."""
 
 
 class Mailer:
@@ -105,12 +112,20 @@ class Mailer:
         recipient = _mailbox(request.to, request.to_name, "recipient")
         key = dedupe_key(request.event_id, request.action_id, recipient.address)
         claim = await self._claim(key)
-        if claim is Claim.HELD:
-            claim = await self._await_holder(key, request)
-        if claim is Claim.SENT:
-            self._emails.inc(request.template, "duplicate")
-            return "duplicate"
-        return await self._attempt(key, request, recipient)
+        while True:
+            if claim is Claim.HELD:
+                claim = await self._await_holder(key, request)
+            if claim is Claim.SENT:
+                self._emails.inc(request.template, "duplicate")
+                return "duplicate"
+            try:
+                return await self._attempt(key, request, recipient)
+            except _ClaimLost:
+                log.warning(
+                    "email claim lapsed before the send and was taken over; not sending",
+                    extra={"event_id": request.event_id, "action": request.action_id},
+                )
+                claim = await self._claim(key)
 
     async def _attempt(self, key: str, request: EmailRequest, recipient: Mailbox) -> str:
         """Rate limit and send under our claim, then record or release it."""
@@ -118,7 +133,7 @@ class Mailer:
         data_sent = asyncio.Event()  # set by the transport once the message went out
         try:
             allowed, token = await self._within_limit(recipient)
-            outcome = await self._deliver(request, recipient, data_sent) if allowed else None
+            outcome = await self._deliver(key, request, recipient, data_sent) if allowed else None
         except BaseException as exc:
             if data_sent.is_set() and not isinstance(exc, Exception):
                 # Cancelled (an action's timeout_s, a failing sibling, shutdown) while the
@@ -143,6 +158,16 @@ class Mailer:
         self._emails.inc(request.template, outcome)
         await self._record_anyway(key, request)
         return outcome
+
+    async def _still_ours(self, key: str) -> None:
+        """With a connection in hand, right before the transaction: the claim may have
+        lapsed while this process was frozen, and another instance sent the email."""
+        try:
+            ours = await self.dedupe.confirm(key)
+        except DedupeUnavailable as exc:
+            raise StoreUnavailable(str(exc)) from None
+        if not ours:
+            raise _ClaimLost(key)
 
     async def _await_holder(self, key: str, request: EmailRequest) -> Claim:
         """Another sender holds the claim (an instance that lost this partition in a
@@ -200,7 +225,7 @@ class Mailer:
             raise
 
     async def _deliver(
-        self, request: EmailRequest, recipient: Mailbox, data_sent: asyncio.Event
+        self, key: str, request: EmailRequest, recipient: Mailbox, data_sent: asyncio.Event
     ) -> str:
         """Render and send; `sent`, or `uncertain` when the reply to the message is missing."""
         try:
@@ -221,7 +246,11 @@ class Mailer:
         )
         try:
             await self.transport.send(
-                sender.address, [recipient.address], email.data, data_sent=data_sent
+                sender.address,
+                [recipient.address],
+                email.data,
+                data_sent=data_sent,
+                before=functools.partial(self._still_ours, key),
             )
         except DeliveryUncertain as exc:
             self._uncertain(request, recipient, exc.reason)

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Literal, Self, TypeVar
 
@@ -237,10 +237,12 @@ class SmtpPool:
         message: bytes,
         *,
         data_sent: asyncio.Event | None = None,
+        before: Callable[[], Awaitable[None]] | None = None,
     ) -> str:
         """Send prebuilt message bytes; return the server's reply to DATA.
 
-        Waits for a free connection slot. A failed connection is closed, never reused;
+        Waits for a free connection slot, then awaits `before` (which may raise to send
+        nothing). A failed connection is closed, never reused;
         a reused one that the server had dropped before DATA is replaced and the email
         sent on a fresh connection. Raises only `DeliveryError` subclasses. `data_sent`
         is set once the message went out (a cancellation after it may leave it sent).
@@ -248,6 +250,8 @@ class SmtpPool:
         envelope = _envelope(sender, recipients)
         payload = data_payload(message)
         async with self._slots:
+            if before is not None:
+                await before()
             smtp, reused = await self._checkout()
             try:
                 return await self._deliver(smtp, envelope, payload, reused, data_sent)

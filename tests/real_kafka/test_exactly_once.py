@@ -3,6 +3,7 @@ and metadata command once, even when Herald is SIGKILLed mid-stream and restarte
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -86,4 +87,55 @@ async def test_sigkill_mid_stream_with_exactly_once_each_decision_and_command_on
     assert set(emails) == {e["id"] for e in post}
     # Emails are effectively once through the dedupe store: only a send the server had
     # accepted when the process died, before its record, can repeat (pool_size 2).
+    assert sum(emails.values()) - len(emails) <= config.smtp.pool_size
+
+
+async def test_a_frozen_instance_is_fenced_when_it_wakes_and_nothing_is_doubled(
+    real_kafka: KafkaCluster, real_client: Kafka, tmp_path: Path, redis_url: str
+) -> None:
+    """SIGSTOP an instance mid-batch past its session timeout: a second one takes its
+    partitions, and its producers fence the frozen one's. SIGCONT: whatever the zombie
+    still tries to commit is refused; a read_committed reader sees each output once."""
+    with _Slow() as server:
+        config = make_config(
+            real_kafka,  # type: ignore[arg-type]
+            server,
+            tmp_path,
+            flows=FLOWS,
+            dedupe={"backend": "redis", "url": redis_url},  # the instances share claims
+        )
+        kafka = config.kafka.model_copy(update={"exactly_once": True})
+        config = config.model_copy(update={"kafka": kafka})
+        path = config_file(config, tmp_path / "herald.yaml")
+        pre, post = _events()
+        interleaved = [e for pair in zip(pre, post, strict=True) for e in pair]
+        await real_client.send_many(kafka.topics[0], interleaved)
+        zombie = HeraldProcess(path)
+        await zombie.start(timeout=60)
+        await server.wait_for(COUNT // 4, timeout=60)
+        zombie.signal(signal.SIGSTOP)
+        frozen_at = len(server.messages)
+        successor = HeraldProcess(path)
+        await successor.start(timeout=60)  # after the zombie's session timed out
+        await server.wait_for(COUNT, timeout=90)
+        zombie.signal(signal.SIGCONT)
+        await zombie.wait_log("partitions assigned", count=2, timeout=60)  # back in the group
+        decisions = await _exactly(real_client, kafka.decisions_topic)
+        commands = await _exactly(real_client, kafka.commands_topic)
+        assert await zombie.stop() == 0
+        assert await successor.stop() == 0
+        emails = per_event(server)
+    fenced = zombie.logged("transaction fenced: another instance owns the partition now")
+    lapsed = zombie.logged("email claim lapsed before the send and was taken over; not sending")
+    print(
+        f"zombie: frozen after {frozen_at} emails, {len(fenced)} fenced commit(s) and"
+        f" {len(lapsed)} lapsed claim(s) not sent on waking;"
+        f" read_committed sees {len(decisions)} decisions, {len(commands)} commands;"
+        f" email duplicates {sum(emails.values()) - len(emails)}"
+    )
+    assert len(decisions) == COUNT and len({d["event_id"] for d in decisions}) == COUNT
+    assert len(commands) == COUNT and len({c["id"] for c in commands}) == COUNT
+    assert set(emails) == {e["id"] for e in post}
+    # Emails the zombie had handed to the server when it froze (at most pool_size) may
+    # be sent again once its lease lapsed; those it had only claimed are not.
     assert sum(emails.values()) - len(emails) <= config.smtp.pool_size
