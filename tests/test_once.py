@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -31,6 +30,7 @@ from service.devtools.smtp import RecordingSMTP
 from service.kafka import declare_subscriber, new_broker
 from tests.harness import (
     Kafka,
+    config_file,
     events,
     load_example,
     make_config,
@@ -88,21 +88,6 @@ def to(server: RecordingSMTP, address: str) -> list[bytes]:
     return [m.data for m in server.messages if address in m.rcpt_tos]
 
 
-def write_config(tmp_path: Path, config: Config) -> Path:
-    """The Kafka part of `config` as a file, for `herald dlq replay`."""
-    kafka = config.kafka
-    doc = {
-        "kafka": {
-            "bootstrap_servers": kafka.bootstrap_servers,
-            "group_id": kafka.group_id,
-            "topics": kafka.topics,
-        }
-    }
-    path = tmp_path / "herald.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
 async def replay(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
     """`herald dlq replay` (in a thread: the command runs its own event loop); its last line."""
     capsys.readouterr()
@@ -141,7 +126,7 @@ async def test_1_cancelled_sibling_then_dlq_replay_sends_one_copy(
     with RefusesOneSlowOnOther() as server:
         config = make_config(kafka, server, tmp_path, flows=python_flow("refused_and_slow"))
         topic = config.kafka.topics[0]
-        path = write_config(tmp_path, config)
+        path = config_file(config, tmp_path / "herald.yaml")
         event = load_example("post-user-registration")
         async with running(config) as herald:
             await client.send(topic, event)
@@ -182,7 +167,7 @@ async def test_2_timed_out_action_then_dlq_replay_sends_one_copy(
         }
         config = make_config(kafka, server, tmp_path, flows=flows)
         topic = config.kafka.topics[0]
-        path = write_config(tmp_path, config)
+        path = config_file(config, tmp_path / "herald.yaml")
         event = load_example("post-user-registration", email=SLOW)
         async with running(config) as herald:
             await client.send(topic, event)

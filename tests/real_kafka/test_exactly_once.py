@@ -6,9 +6,11 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from service.config import Config
 from tests.harness import (
     HeraldProcess,
     Kafka,
@@ -40,6 +42,15 @@ def _events() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     return pre, post
 
 
+def _exactly_once_config(
+    cluster: KafkaCluster, server: SlowSMTP, tmp_path: Path, **sections: Any
+) -> Config:
+    """make_config's, with `kafka.exactly_once: true` and `FLOWS`."""
+    config = make_config(cluster, server, tmp_path, flows=FLOWS, **sections)  # type: ignore[arg-type]
+    kafka = config.kafka.model_copy(update={"exactly_once": True})
+    return config.model_copy(update={"kafka": kafka})
+
+
 async def _exactly(client: Kafka, topic: str, committed_only: bool = True) -> list[dict]:
     """Every record of `topic` (waits for one more than expected, to catch a duplicate)."""
     records = await client.read(topic, COUNT + 1, timeout=8, committed_only=committed_only)
@@ -50,9 +61,8 @@ async def test_sigkill_mid_stream_with_exactly_once_each_decision_and_command_on
     real_kafka: KafkaCluster, real_client: Kafka, tmp_path: Path
 ) -> None:
     with _Slow() as server:
-        config = make_config(real_kafka, server, tmp_path, flows=FLOWS)  # type: ignore[arg-type]
-        kafka = config.kafka.model_copy(update={"exactly_once": True})
-        config = config.model_copy(update={"kafka": kafka})
+        config = _exactly_once_config(real_kafka, server, tmp_path)
+        kafka = config.kafka
         path = config_file(config, tmp_path / "herald.yaml")
         pre, post = _events()
         interleaved = [e for pair in zip(pre, post, strict=True) for e in pair]
@@ -97,15 +107,11 @@ async def test_a_frozen_instance_is_fenced_when_it_wakes_and_nothing_is_doubled(
     partitions, and its producers fence the frozen one's. SIGCONT: whatever the zombie
     still tries to commit is refused; a read_committed reader sees each output once."""
     with _Slow() as server:
-        config = make_config(
-            real_kafka,  # type: ignore[arg-type]
-            server,
-            tmp_path,
-            flows=FLOWS,
-            dedupe={"backend": "redis", "url": redis_url},  # the instances share claims
+        # The instances share claims in redis.
+        config = _exactly_once_config(
+            real_kafka, server, tmp_path, dedupe={"backend": "redis", "url": redis_url}
         )
-        kafka = config.kafka.model_copy(update={"exactly_once": True})
-        config = config.model_copy(update={"kafka": kafka})
+        kafka = config.kafka
         path = config_file(config, tmp_path / "herald.yaml")
         pre, post = _events()
         interleaved = [e for pair in zip(pre, post, strict=True) for e in pair]
