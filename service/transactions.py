@@ -89,7 +89,13 @@ class Transactions:
         """Start the producers of newly assigned partitions (fencing their last owner)."""
         tps = list(tps)
         self._assigned.update(dict.fromkeys(tps, group_id))
-        await asyncio.gather(*(self._partition(tp) for tp in tps))
+        opened = await asyncio.gather(*(self._partition(tp) for tp in tps), return_exceptions=True)
+        for tp, result in zip(tps, opened, strict=True):
+            if isinstance(result, Exception):  # tried again by the partition's first output
+                log.error(
+                    "cannot start the transactional producer",
+                    extra={"topic": tp.topic, "partition": tp.partition, "error": repr(result)},
+                )
 
     async def revoke(self, tps: Iterable[TopicPartition]) -> None:
         """Abort what is open and stop the producers of partitions no longer owned."""
