@@ -25,6 +25,7 @@ docs: $(STAMP)  ## regenerate docs/asyncapi.json from config/herald.yaml
 bench: $(STAMP)  ## Herald vs the peer, end to end; results into BENCHMARKS.md (BENCH_ARGS=...)
 	$(BIN)/python -m bench.mime --write
 	$(BIN)/python -m bench.run --write $(BENCH_ARGS)
+	$(BIN)/python -m bench.eos --write $(EOS_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests bench

@@ -1,4 +1,5 @@
-"""Realistic `identity.user.password_changed` events, published in bulk or at a steady rate.
+"""Realistic `identity.user.password_changed` events, published in bulk or at a steady rate
+(`identity.user.registered` ones too, with `event_type=REGISTERED_TYPE`).
 
 Users come from a fixed pool (en and de locales, names with umlauts), so the Kafka key
 (the user id) repeats as in production and per-key ordering is exercised. Every event
@@ -19,9 +20,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-__all__ = ["EVENT_TYPE", "GREY_PREFIX", "make_event", "pace", "publish_bulk"]
+__all__ = ["EVENT_TYPE", "GREY_PREFIX", "REGISTERED_TYPE", "make_event", "pace", "publish_bulk"]
 
 EVENT_TYPE = "identity.user.password_changed"
+REGISTERED_TYPE = "identity.user.registered"  # post-user-registration
 GREY_PREFIX = "grey-"
 USERS = 5000
 _FIRST = ["Ada", "Grace", "Alan", "Emmy", "Jörg", "Sophie", "Lukas", "Zoë", "Björn", "Marie"]
@@ -53,10 +55,15 @@ def _user(number: int) -> dict[str, Any]:
 
 
 def make_event(
-    run: str, seq: int, now: float | None = None, *, grey: bool = False
+    run: str,
+    seq: int,
+    now: float | None = None,
+    *,
+    grey: bool = False,
+    event_type: str = EVENT_TYPE,
 ) -> dict[str, Any]:
-    """Event `seq` of run `run`: a CloudEvent whose `time` is `now` (default: now);
-    `grey`: its recipient's address starts with `GREY_PREFIX`."""
+    """Event `seq` of run `run`: a CloudEvent of `event_type` whose `time` is `now`
+    (default: now); `grey`: its recipient's address starts with `GREY_PREFIX`."""
     rng = random.Random(seq)
     city, country = rng.choice(_CITIES)
     stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC)
@@ -67,7 +74,7 @@ def make_event(
         "specversion": "1.0",
         "id": f"{run}-{seq}",
         "source": "https://login.example.com",
-        "type": EVENT_TYPE,
+        "type": event_type,
         "time": stamp.isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "subject": user["user_id"],
         "datacontenttype": "application/json",
@@ -87,7 +94,9 @@ def _producer(bootstrap: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
 
 
-async def publish_bulk(bootstrap: str, topic: str, run: str, count: int) -> None:
+async def publish_bulk(
+    bootstrap: str, topic: str, run: str, count: int, *, event_type: str = EVENT_TYPE
+) -> None:
     """Publish `count` events as fast as the broker takes them, keyed by user id."""
     producer = _producer(bootstrap)
     await producer.start()
@@ -95,7 +104,7 @@ async def publish_bulk(bootstrap: str, topic: str, run: str, count: int) -> None
         for start in range(0, count, 2000):
             futures = []
             for seq in range(start, min(count, start + 2000)):
-                event = make_event(run, seq)
+                event = make_event(run, seq, event_type=event_type)
                 key = event["subject"].encode()
                 futures.append(await producer.send(topic, orjson.dumps(event), key=key))
             await asyncio.gather(*futures)

@@ -8,15 +8,30 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from bench.procs import ROOT, Child, free_port, python
 
-__all__ = ["BENCH_RETRY", "Target", "herald", "metric", "peer", "scrape_metrics", "wait_ready"]
+__all__ = [
+    "BENCH_RETRY",
+    "PASSWORD_CHANGED_FLOWS",
+    "Target",
+    "herald",
+    "metric",
+    "peer",
+    "scrape_metrics",
+    "wait_ready",
+]
 
 SENDER = "Example <no-reply@example.com>"
 BENCH_RETRY = {"attempts": 5, "initial_backoff_s": 0.5, "max_backoff_s": 30}
+PASSWORD_CHANGED_FLOWS: dict[str, list[dict[str, Any]]] = {
+    "post-change-password": [
+        {"id": "notify-password-change", "action": "send_email", "template": "password_changed"}
+    ]
+}
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -38,11 +53,16 @@ def herald(
     smtp_port: int,
     pool_size: int,
     retry: dict[str, float] | None = None,
+    exactly_once: bool = False,
+    flows: dict[str, list[dict[str, Any]]] | None = None,
+    commands_topic: str | None = None,
 ) -> Target:
     """Start `herald run` with the guarantees on: sqlite dedupe, retries, rate limit.
 
     `retry` is the `retry:` section (default `BENCH_RETRY`: nothing fails in the
-    throughput runs, so the schedule does not matter there).
+    throughput runs, so the schedule does not matter there). `exactly_once` is
+    `kafka.exactly_once`; `flows` the `flows:` section (default: post-change-password →
+    the password_changed email); `commands_topic` is `kafka.commands_topic`.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     http_port = free_port()
@@ -52,6 +72,8 @@ def herald(
             "group_id": f"bench-herald-{uuid.uuid4().hex[:8]}",
             "topics": [topic],
             "auto_offset_reset": "earliest",
+            **({"exactly_once": True} if exactly_once else {}),
+            **({"commands_topic": commands_topic} if commands_topic else {}),
         },
         "smtp": {
             "host": "127.0.0.1",
@@ -68,12 +90,7 @@ def herald(
         "templates_dir": str(ROOT / "templates"),
         "default_locale": "en",
         "secrets": {"SUPPORT_URL": "https://example.com/support"},
-        "flows": {
-            "post-change-password": [
-                {"id": "notify-password-change", "action": "send_email",
-                 "template": "password_changed"}
-            ]
-        },
+        "flows": flows or PASSWORD_CHANGED_FLOWS,
     }
     path = workdir / "herald.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
