@@ -40,6 +40,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench import commit_latency
 from bench.events import EVENT_TYPE, REGISTERED_TYPE, publish_bulk
 from bench.procs import ROOT, cpu_seconds
 from bench.report import RunResult, machine, update_section
@@ -273,8 +274,11 @@ async def _read_commands(
         await consumer.stop()
 
 
-async def run(args: argparse.Namespace, smtp_sink: str | None) -> list[EosRun]:
-    """Start the broker, publish, then the pairs: per pair, each workload off and on."""
+async def run(
+    args: argparse.Namespace, smtp_sink: str | None
+) -> tuple[list[EosRun], dict[str, float]]:
+    """Start the broker, publish, then the pairs: per pair, each workload off and on; then
+    the commit latency of each way (bench/commit_latency.py)."""
     runs: list[EosRun] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="herald-eos-") as scratch, KafkaCluster(1) as cluster:
@@ -295,7 +299,8 @@ async def run(args: argparse.Namespace, smtp_sink: str | None) -> list[EosRun]:
                         f"{_fmt(r.cpu_us, ',.0f')} µs CPU/email"
                     )
                     runs.append(found)
-    return runs
+        latency = await commit_latency.measure(cluster.bootstrap)
+    return runs, latency
 
 
 # --- the report ---------------------------------------------------------------------
@@ -508,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()
     code, before = _code()
     smtp_sink = _smtp_sink(args.smtp)
-    runs = asyncio.run(run(args, smtp_sink))
+    runs, latency = asyncio.run(run(args, smtp_sink))
     end_load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     if _code()[1] != before:
         code += " (**service/ changed during the session**: the runs may not compare)"
@@ -516,6 +521,14 @@ def main(argv: list[str] | None = None) -> None:
     info["code"] = code
     sink = "Postfix's smtp-sink" if smtp_sink else "the builtin SMTP sink"
     text = markdown(runs, info, end_load, _command(args), args, sink)
+    text += (
+        "\n\nOne output and its offset, committed 40 times each way on the same broker"
+        " (`bench/commit_latency.py`): in a transaction"
+        f" {latency['transaction_median_ms']:.1f} ms median"
+        f" (p90 {latency['transaction_p90_ms']:.1f}), as a plain produce and consumer commit"
+        f" {latency['plain_median_ms']:.1f} ms (p90 {latency['plain_p90_ms']:.1f}): what a"
+        " trickle of events pays per batch."
+    )
     print("\n" + text)
     if args.write:
         update_section(ROOT / "BENCHMARKS.md", SECTION, text)
