@@ -32,6 +32,8 @@ from service.checks import check_config
 from service.config import Config, ConfigError, load_config
 from service.consumer import Processor
 from service.dedupe import DedupeStore, open_dedupe
+from service.deliveries import DeliveryLog
+from service.delivery_stores import open_deliveries
 from service.flows import FlowEngine
 from service.formats import parser_for
 from service.http import HttpServer
@@ -108,6 +110,7 @@ class Herald:
         self.assignment = _Assignment(config.kafka.group_id)
         self.smtp = _smtp_pool(config)
         self.transactions: Transactions | None = None
+        self.deliveries: DeliveryLog | None = None
         self.dedupe: DedupeStore | None = None
         self.rate_limiter: RateLimiter | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -125,6 +128,12 @@ class Herald:
             cfg.dedupe.backend, path=cfg.dedupe.path, url=cfg.dedupe.url, ttl_s=cfg.dedupe.ttl_s
         )
         await self.dedupe.open()  # a wrong dedupe.url fails here, before Kafka
+        self.deliveries = DeliveryLog(
+            open_deliveries(
+                cfg.dedupe.backend, path=cfg.dedupe.path, url=cfg.dedupe.url, ttl_s=cfg.dedupe.ttl_s
+            ),
+            show_addresses=cfg.log.show_addresses,
+        )
         self.rate_limiter = open_rate_limiter(
             cfg.dedupe.backend,
             path=cfg.dedupe.path,
@@ -156,6 +165,8 @@ class Herald:
         await self.smtp.close()
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
+        if self.deliveries is not None:
+            await self.deliveries.store.close()
         if self.dedupe is not None:
             await self.dedupe.close()
         log.info("herald stopped")
@@ -258,6 +269,7 @@ class Herald:
             default_sender=cfg.smtp.from_,
             metrics=self.metrics,
             rate_limiter=self.rate_limiter,
+            deliveries=self.deliveries,
         )
         return FlowEngine(cfg, compile_flows(cfg, mailer), self.metrics, mailer)
 
@@ -271,7 +283,10 @@ class Herald:
             commands_topic=cfg.kafka.commands_topic,
             decisions_topic=cfg.kafka.decisions_topic,
             transactions=self.transactions,
+            status_topic=cfg.kafka.status_topic,
         )
+        if self.deliveries is not None:
+            self.deliveries.publish = outputs.status
         processor: Processor | None = None
 
         def current_engine() -> FlowEngine:

@@ -175,6 +175,13 @@ class BatchRunner:
 
     async def _settle(self, message: Message, progress: Progress) -> None:
         """Commit what finished; rewind the consumer to what did not."""
+        try:
+            await self.processor.outputs.flush()  # the status events written meanwhile
+        except Exception as exc:
+            log.warning("status events not written; the batch is consumed again", exc_info=exc)
+            await self._abort_all(progress)
+            self._rewind(message, progress, progress.first)
+            return
         if self.transactions is None:
             offsets = {tp: progress.position(tp) for tp in progress.first}
             rewind = {tp: o for tp, o in offsets.items() if not progress.done(tp)}
@@ -187,6 +194,10 @@ class BatchRunner:
             failed = await self._commit_transactions(message, done)
             rewind.update({tp: progress.first[tp] for tp in failed})
         self._rewind(message, progress, rewind)
+
+    async def _abort_all(self, progress: Progress) -> None:
+        if self.transactions is not None:
+            await self.transactions.abort(progress.first)
 
     async def _commit(self, message: Message, offsets: dict[TopicPartition, int]) -> None:
         if not offsets:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.addresses import mask_address
+from service.deliveries import from_event_position
 from service.events import Event, MalformedEvent, parse_cloudevent, present_headers
 from service.failures import ActionFailed, Outage, OutputFailed
 from service.flows import FlowEngine, FlowResult, LabelledCounter
@@ -95,7 +96,8 @@ class Processor:
             for record in records:
                 if handback is not None and handback.is_set():
                     return
-                with consuming(record.topic, record.partition):
+                position = (record.topic, record.partition, record.offset)
+                with consuming(record.topic, record.partition), from_event_position(position):
                     await self.process(record)
                 finished(record)
 
@@ -143,6 +145,7 @@ class Processor:
             if self.retrier is None or self.retrier.policy.exhausted(1):
                 if result.failure is None:
                     result.failure = ActionFailed("SmtpRetriesExhausted", reason)
+                await self.engine.mailer.note(request, "failed", reason="SmtpRetriesExhausted")
                 continue
             await self.retrier.schedule(record, request, 2, reason)
 
@@ -157,6 +160,7 @@ class Processor:
                 "webhook email failed transiently and is not retried",
                 extra={"event_id": event.id, "action": request.action_id, "reason": reason},
             )
+            await self.engine.mailer.note(request, "failed", smtp_reply=reason)
         await self._publish(event, result, {}, decision=False)
         self._finished(event, "failed_closed" if result.failure else "ok", started, result)
         return result.decision_body(event)

@@ -85,6 +85,10 @@ class Producer(Protocol):
 
     async def partitions_for(self, topic: str) -> Any: ...
 
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> Any: ...
+
 
 class Outputs:
     """Publishes Herald's outputs: `OutputFailed` for a fault of the one event, any other
@@ -101,8 +105,12 @@ class Outputs:
         max_request_size: int = MAX_REQUEST_BYTES,
         reply_topic_wait_s: float = REPLY_TOPIC_WAIT_S,
         transactions: Transactions | None = None,
+        status_topic: str | None = None,
     ) -> None:
         self.producer = producer
+        self.status_topic = status_topic
+        #: Status events written and not yet acknowledged: `flush` before a commit.
+        self._unacked: list[asyncio.Future[Any]] = []
         #: `kafka.exactly_once`: outputs of a consumed record go in its partition's
         #: transaction; others (the decision webhook's) through the plain producer.
         self.transactions = transactions
@@ -220,6 +228,24 @@ class Outputs:
             await self.producer.send_and_wait(topic, value, key=key, headers=headers)
         else:
             await self.transactions.send(source, topic, value, key, headers)
+
+    async def status(self, key: bytes, value: bytes) -> None:
+        """A delivery status event to `status_topic`, not waited for: the batch (or the
+        retry scheduler) flushes before it commits."""
+        if self.status_topic is None:
+            return
+        source = current_source() if self.transactions is not None else None
+        if source is None or self.transactions is None:
+            future = await self.producer.send(self.status_topic, value, key=key)
+        else:
+            future = await self.transactions.enqueue(source, self.status_topic, value, key)
+        self._unacked.append(future)
+
+    async def flush(self) -> None:
+        """Until every status event written so far is acknowledged; raises if one failed."""
+        pending, self._unacked = self._unacked, []
+        if pending:
+            await asyncio.gather(*pending)
 
     async def _wait_for_topic(self, topic: str) -> None:
         """Until Kafka knows `topic` and lets Herald write it, for `reply_topic_wait_s` at

@@ -108,15 +108,7 @@ def retry_headers(
     """The original record of `source` (itself, or the one it carries) and the headers of
     the work item that makes `attempt` of `request` at `due` (epoch seconds)."""
     original = _original(source)
-    email = {
-        "template": request.template,
-        "to": request.to,
-        "to_name": request.to_name,
-        "locale": request.locale,
-        "from": request.sender,
-        "reply_to": request.reply_to,
-        "data": dict(request.context.get("data") or {}),
-    }
+    email = request.email_fields()
     headers = [
         (_PREFIX + "action", request.action_id.encode()),
         (_PREFIX + "email", orjson.dumps(email, default=str)),
@@ -192,6 +184,7 @@ class Retrier:
         original, headers = retry_headers(source, request, attempt, due, reason)
         topic = await self.outputs.retry(original, headers)
         self.metrics.smtp_retries.inc()
+        await self.mailer().note(request, "deferred", smtp_reply=reason, next_attempt_at=due)
         log.info(
             "email retry scheduled",
             extra={
@@ -221,6 +214,9 @@ class Retrier:
             if self.policy.exhausted(item.attempt):
                 reason = f"gave up after {item.attempt} attempts: {exc.reason}"
                 self.metrics.emails.labels(request.template, "retries_exhausted").inc()
+                await self.mailer().note(
+                    request, "failed", reason="SmtpRetriesExhausted", smtp_reply=exc.reason
+                )
                 await self._dead_letter(item, "SmtpRetriesExhausted", reason)
             else:
                 try:
@@ -243,6 +239,8 @@ class Retrier:
             context=context,
             sender=email.get("from"),
             reply_to=email.get("reply_to"),
+            attempt=item.attempt,
+            source=(item.original.topic, item.original.partition, item.original.offset),
         )
 
     async def _dead_letter(self, item: RetryItem, error: str, reason: str) -> None:
@@ -473,6 +471,11 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             if self._committed.get(tp) != commit or self._written(tp):
                 offsets[tp] = commit  # an idle scheduler commits nothing
         if not offsets:
+            return
+        try:
+            await self.retrier.outputs.flush()  # the status events of these attempts
+        except Exception as exc:
+            log.warning("status events not written; committing later", extra={"error": repr(exc)})
             return
         if self.transactions is not None:
             failed = await self.transactions.commit(offsets, self.consumer)

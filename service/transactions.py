@@ -116,11 +116,22 @@ class Transactions:
         headers: list[tuple[str, bytes | None]] | None,
     ) -> Any:
         """Write one output in `source`'s open transaction and wait for the broker."""
+        return await (await self.enqueue(source, topic, value, key, headers))
+
+    async def enqueue(
+        self,
+        source: TopicPartition,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+    ) -> Any:
+        """Write one output in `source`'s open transaction; returns the broker's future
+        (the commit waits for it anyway)."""
         part = await self._partition(source)
         async with part.lock:
             part.written = True
-            future = await part.producer.send(topic, value, key=key, headers=headers)
-        return await future
+            return await part.producer.send(topic, value, key=key, headers=headers)
 
     async def commit(
         self, offsets: Mapping[TopicPartition, Offset], consumer: Any

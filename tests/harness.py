@@ -53,9 +53,10 @@ def unique(prefix: str) -> str:
 def make_config(kafka: EmbeddedKafka, server: RecordingSMTP, tmp: Path, **sections: Any) -> Config:
     """A config for one test: its own topic and group, the recording server, fast retries."""
     topic, commands, decisions = unique("events"), unique("commands"), unique("decisions")
+    status = unique("status")
     kafka.create_topic(topic, 4)
     kafka.create_topic(topic + ".retry", 4)
-    for output in (topic + ".dlq", commands, decisions):
+    for output in (topic + ".dlq", commands, decisions, status):
         kafka.create_topic(output, 1)
     doc: dict[str, Any] = {
         "kafka": {
@@ -65,6 +66,7 @@ def make_config(kafka: EmbeddedKafka, server: RecordingSMTP, tmp: Path, **sectio
             "auto_offset_reset": "earliest",
             "commands_topic": commands,
             "decisions_topic": decisions,
+            "status_topic": status,
         },
         "smtp": {
             "host": "127.0.0.1",

@@ -177,7 +177,7 @@ def test_link_and_expiry_in_text_and_html(renderer: Renderer) -> None:
     event = event_for()
     rendered = renderer.render("password_reset", "en", context(event))
     assert f"\n{event['data']['link']}\n" in rendered.text  # on its own line
-    assert "2026-11-26 11:40 UTC" in rendered.text
+    assert "2036-11-26 11:40 UTC" in rendered.text
     assert rendered.html is not None and f'href="{event["data"]["link"]}"' in rendered.html
 
 

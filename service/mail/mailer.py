@@ -18,10 +18,12 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from service.addresses import mask_address
 from service.dedupe import Claim, DedupeStore, DedupeUnavailable, dedupe_key
+from service.deliveries import DeliveryLog, Position
 from service.failures import (
     EmailDeferred,
     EmailFailed,
@@ -77,6 +79,44 @@ class EmailRequest:
     context: Mapping[str, Any]
     sender: str | None = None
     reply_to: str | None = None
+    #: Which attempt this is (scheduled retries: 2, 3, …).
+    attempt: int = 1
+    #: Where its event was read (a retry's original record); else the record in hand.
+    source: Position | None = None
+    #: A resend on purpose (`herald resend`): its own id, so its own claim and record.
+    resend: str | None = None
+
+    @property
+    def user_id(self) -> str:
+        user = self.context.get("user")
+        return str(user.get("user_id") or "") if isinstance(user, Mapping) else ""
+
+    def email_fields(self) -> dict[str, Any]:
+        """What it takes to make this email again from its event (retry items, records)."""
+        return {
+            "template": self.template,
+            "to": self.to,
+            "to_name": self.to_name,
+            "locale": self.locale,
+            "from": self.sender,
+            "reply_to": self.reply_to,
+            "data": dict(self.context.get("data") or {}),
+        }
+
+    def expired(self) -> bool:
+        """Whether the event's `data.expires_at` (ISO 8601) has passed."""
+        event = self.context.get("event")
+        data = event.get("data") if isinstance(event, Mapping) else None
+        value = data.get("expires_at") if isinstance(data, Mapping) else None
+        if not isinstance(value, str) or not value:
+            return False
+        try:
+            at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        return at <= datetime.now(UTC)
 
 
 class _ClaimLost(Exception):
@@ -95,7 +135,9 @@ class Mailer:
         default_sender: str,
         metrics: Metrics,
         rate_limiter: RateLimiter | None = None,
+        deliveries: DeliveryLog | None = None,
     ) -> None:
+        self.deliveries = deliveries
         self.renderer = renderer
         self.transport = transport
         self.dedupe = dedupe
@@ -106,11 +148,13 @@ class Mailer:
 
     async def send(self, request: EmailRequest) -> str:
         """Make one attempt at one email; returns the outcome (`sent`, `uncertain`,
-        `duplicate` or `rate_limited`), or raises EmailDeferred (try again later),
+        `duplicate`, `rate_limited` or `expired`), or raises EmailDeferred (try again later),
         EmailFailed (never), SmtpUnavailable / StoreUnavailable (an outage: pause
         consumption)."""
         recipient = _mailbox(request.to, request.to_name, "recipient")
         key = dedupe_key(request.event_id, request.action_id, recipient.address)
+        if request.resend:
+            key += "\x1f" + request.resend
         claim = await self._claim(key)
         while True:
             if claim is Claim.HELD:
@@ -131,6 +175,19 @@ class Mailer:
         """Rate limit and send under our claim, then record or release it."""
         token = None
         data_sent = asyncio.Event()  # set by the transport once the message went out
+        if request.expired():
+            await self._release(key)
+            self._emails.inc(request.template, "expired")
+            log.info(
+                "email skipped: its link expired",
+                extra={
+                    "event_id": request.event_id,
+                    "action": request.action_id,
+                    "outcome": "expired",
+                },
+            )
+            await self._note(key, request, recipient, "skipped", reason="expired")
+            return "expired"
         try:
             allowed, token = await self._within_limit(recipient)
             outcome = await self._deliver(key, request, recipient, data_sent) if allowed else None
@@ -154,6 +211,7 @@ class Mailer:
             # claim is released rather than recorded.
             await self._release(key)
             self._rate_limited(request, recipient)
+            await self._note(key, request, recipient, "skipped", reason="rate_limited")
             return "rate_limited"
         self._emails.inc(request.template, outcome)
         await self._record_anyway(key, request)
@@ -232,6 +290,7 @@ class Mailer:
             rendered = self.renderer.render(request.template, request.locale, request.context)
         except TemplateError as exc:
             self._failed(request, "render_error")
+            await self._note(key, request, recipient, "failed", reason=f"TemplateError: {exc}")
             raise EmailFailed("TemplateError", str(exc)) from None
         sender = _mailbox(request.sender, "", "from") if request.sender else self.default_sender
         reply_to = _mailbox(request.reply_to, "", "reply_to") if request.reply_to else None
@@ -245,7 +304,7 @@ class Mailer:
             headers={"X-Herald-Event-Id": request.event_id, "X-Herald-Template": request.template},
         )
         try:
-            await self.transport.send(
+            reply = await self.transport.send(
                 sender.address,
                 [recipient.address],
                 email.data,
@@ -254,16 +313,66 @@ class Mailer:
             )
         except DeliveryUncertain as exc:
             self._uncertain(request, recipient, exc.reason)
+            await self._note(
+                key,
+                request,
+                recipient,
+                "uncertain",
+                reason=exc.reason,
+                message_id=email.message_id,
+            )
             return "uncertain"  # kept from the rate limit: it was handed over
         except ServerUnavailable as exc:
             raise SmtpUnavailable(exc.reason) from None
         except PermanentError as exc:
             self._failed(request, "rejected")
+            await self._note(
+                key,
+                request,
+                recipient,
+                "failed",
+                reason="SmtpPermanentError",
+                smtp_reply=exc.reason,
+            )
             raise PermanentlyRejected("SmtpPermanentError", exc.reason) from None
         except DeliveryError as exc:
-            self._failed(request, "deferred")
+            self._failed(request, "deferred")  # its record is written with its next attempt
             raise EmailDeferred(exc.reason) from None
+        await self._note(
+            key, request, recipient, "sent", smtp_reply=reply, message_id=email.message_id
+        )
         return "sent"
+
+    async def note(self, request: EmailRequest, status: str, **fields: Any) -> None:
+        """A status change decided outside the mailer (a retry scheduled, retries run
+        out, a failure made final)."""
+        try:
+            recipient = _mailbox(request.to, request.to_name, "recipient")
+        except EmailFailed:
+            return
+        key = dedupe_key(request.event_id, request.action_id, recipient.address)
+        await self._note(key, request, recipient, status, **fields)
+
+    async def _note(
+        self, key: str, request: EmailRequest, recipient: Mailbox, status: str, **fields: Any
+    ) -> None:
+        if self.deliveries is None:
+            return
+        if request.resend:
+            fields.setdefault("resend", True)
+        await self.deliveries.note(
+            record_id=key if not request.resend else f"{key}\x1f{request.resend}",
+            event_id=request.event_id,
+            action_id=request.action_id,
+            template=request.template,
+            to=recipient.address,
+            user_id=request.user_id,
+            status=status,
+            email=request.email_fields(),
+            source=request.source,
+            attempts=request.attempt,
+            **fields,
+        )
 
     async def _within_limit(self, recipient: Mailbox) -> tuple[bool, Token | None]:
         """Whether the recipient is under its limit, and the count taken for this email

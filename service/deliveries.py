@@ -1,0 +1,284 @@
+"""Delivery records: what became of each email Herald decided about, answerable later.
+
+One record per email decision (event id, action id, recipient; a resend gets a record
+of its own), kept in the dedupe backend for `dedupe.ttl_s`. Its status moves through
+
+    deferred (a retry is scheduled; `next_attempt_at`) → sent | uncertain | failed
+    skipped (`rate_limited`, `expired`)
+
+and every change is also a `herald.email.status` CloudEvent on `kafka.status_topic`.
+`herald messages` and `GET /v1/messages` read the records; `herald resend` finds the
+event through the recorded topic, partition and offset.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from service.addresses import mask_address
+
+__all__ = [
+    "STATUS_TYPE",
+    "Delivery",
+    "DeliveryLog",
+    "DeliveryStore",
+    "MemoryDeliveries",
+    "Position",
+    "delivery_source",
+    "from_event_position",
+]
+
+log = logging.getLogger("herald")
+
+STATUS_TYPE = "herald.email.status"
+_STATUS_NAMESPACE = uuid.UUID("0c8f6a52-4a1e-4f7e-9d2b-5b1d6f3e2a77")
+
+#: Where an event was read: topic, partition, offset.
+Position = tuple[str, int, int]
+
+_SOURCE: contextvars.ContextVar[Position | None] = contextvars.ContextVar(
+    "herald_event_position", default=None
+)
+
+
+@contextmanager
+def from_event_position(position: Position | None) -> Iterator[None]:
+    """Emails requested inside come from the event read at `position`."""
+    token = _SOURCE.set(position)
+    try:
+        yield
+    finally:
+        _SOURCE.reset(token)
+
+
+def delivery_source() -> Position | None:
+    return _SOURCE.get()
+
+
+@dataclasses.dataclass(slots=True)
+class Delivery:
+    """One email decision and what became of it."""
+
+    id: str
+    event_id: str
+    action_id: str
+    template: str
+    to: str
+    user_id: str
+    status: str
+    reason: str | None = None
+    attempts: int = 0
+    smtp_reply: str | None = None
+    message_id: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    next_attempt_at: float | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    resend: bool = False
+    #: How to send it again: template, to, to_name, locale, from, reply_to, data.
+    email: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self), default=str)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Delivery:
+        doc = orjson.loads(raw)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
+
+    def public(self, show_addresses: bool) -> dict[str, Any]:
+        """The record as `herald messages --json` and `GET /v1/messages` show it."""
+        return {
+            "event_id": self.event_id,
+            "action_id": self.action_id,
+            "template": self.template,
+            "to": self.to if show_addresses else mask_address(self.to),
+            "user_id": self.user_id,
+            "status": self.status,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "smtp_reply": self.smtp_reply,
+            "message_id": self.message_id,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "next_attempt_at": _iso(self.next_attempt_at),
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "resend": self.resend,
+        }
+
+
+class DeliveryStore(Protocol):
+    """Where delivery records live (the dedupe backend)."""
+
+    async def put(self, delivery: Delivery) -> None: ...
+
+    async def get(self, record_id: str) -> Delivery | None: ...
+
+    async def find(
+        self,
+        *,
+        event_id: str | None = None,
+        user_id: str | None = None,
+        to: str | None = None,
+        limit: int = 50,
+    ) -> list[Delivery]:
+        """Newest first (by `updated_at`)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def matches(d: Delivery, event_id: str | None, user_id: str | None, to: str | None) -> bool:
+    return (
+        (event_id is None or d.event_id == event_id)
+        and (user_id is None or d.user_id == user_id)
+        and (to is None or d.to.lower() == to.lower())
+    )
+
+
+class MemoryDeliveries:
+    """In-process records (the `memory` backend: tests and `herald dev`)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._records: dict[str, Delivery] = {}
+
+    async def put(self, delivery: Delivery) -> None:
+        self._records[delivery.id] = dataclasses.replace(delivery)
+
+    async def get(self, record_id: str) -> Delivery | None:
+        found = self._records.get(record_id)
+        return dataclasses.replace(found) if found else None
+
+    async def find(
+        self,
+        *,
+        event_id: str | None = None,
+        user_id: str | None = None,
+        to: str | None = None,
+        limit: int = 50,
+    ) -> list[Delivery]:
+        oldest = time.time() - self.ttl_s
+        found = [
+            d
+            for d in self._records.values()
+            if d.updated_at >= oldest and matches(d, event_id, user_id, to)
+        ]
+        found.sort(key=lambda d: d.updated_at, reverse=True)
+        return [dataclasses.replace(d) for d in found[:limit]]
+
+    async def close(self) -> None:
+        return None
+
+
+#: Publishes one status event: key, value.
+Publish = Callable[[bytes, bytes], Awaitable[None]]
+
+
+class DeliveryLog:
+    """Writes each status change to the store and, when a status topic is set, as a
+    `herald.email.status` CloudEvent. A store or topic that fails is logged, never
+    failing the email: the email's fate does not depend on its record."""
+
+    def __init__(
+        self,
+        store: DeliveryStore,
+        *,
+        publish: Publish | None = None,
+        show_addresses: bool = False,
+    ) -> None:
+        self.store = store
+        self.publish = publish
+        self.show_addresses = show_addresses
+
+    async def note(
+        self,
+        *,
+        record_id: str,
+        event_id: str,
+        action_id: str,
+        template: str,
+        to: str,
+        user_id: str,
+        status: str,
+        email: Mapping[str, Any],
+        source: Position | None = None,
+        resend: bool = False,
+        **fields: Any,
+    ) -> Delivery:
+        """Create or update the record `record_id` with `status` and `fields`."""
+        now = time.time()
+        # A first attempt sent is the common case, and has no record yet.
+        fresh = status == "sent" and fields.get("attempts", 1) <= 1 and not resend
+        current = None if fresh else await self._get(record_id)
+        position = source or delivery_source()
+        if current is None:
+            current = Delivery(
+                id=record_id,
+                event_id=event_id,
+                action_id=action_id,
+                template=template,
+                to=to,
+                user_id=user_id,
+                status=status,
+                created_at=now,
+                resend=resend,
+                email=dict(email),
+            )
+        if position is not None and current.topic is None:
+            current.topic, current.partition, current.offset = position
+        current.status, current.updated_at = status, now
+        current.next_attempt_at = None
+        for name, value in fields.items():
+            setattr(current, name, value)
+        try:
+            await self.store.put(current)
+        except Exception as exc:
+            log.error("delivery record not written", extra={"error": repr(exc)})
+        if self.publish is not None:
+            await self.publish(user_id.encode(), self._status_event(current))
+        return current
+
+    async def _get(self, record_id: str) -> Delivery | None:
+        try:
+            return await self.store.get(record_id)
+        except Exception as exc:
+            log.error("delivery record not read", extra={"error": repr(exc)})
+            return None
+
+    def _status_event(self, d: Delivery) -> bytes:
+        data = d.public(self.show_addresses)
+        return orjson.dumps(
+            {
+                "specversion": "1.0",
+                # The same for every delivery of one transition: consumers deduplicate.
+                "id": str(uuid.uuid5(_STATUS_NAMESPACE, f"{d.id}:{d.status}:{d.attempts}")),
+                "source": "herald",
+                "type": STATUS_TYPE,
+                "subject": d.user_id,
+                "time": _iso(d.updated_at),
+                "datacontenttype": "application/json",
+                "data": data,
+            }
+        )
+
+
+def _iso(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,182 @@
+"""Delivery records in the sqlite and redis dedupe backends (service/deliveries.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from service.dedupe import SqliteFile, redis_call, redis_client
+from service.deliveries import Delivery, DeliveryStore, MemoryDeliveries
+
+__all__ = ["RedisDeliveries", "SqliteDeliveries", "open_deliveries"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    doc BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id, updated_at);
+CREATE INDEX IF NOT EXISTS deliveries_user ON deliveries (user_id, updated_at);
+CREATE INDEX IF NOT EXISTS deliveries_recipient ON deliveries (recipient, updated_at);
+CREATE INDEX IF NOT EXISTS deliveries_updated ON deliveries (updated_at);
+"""
+_UPSERT = (
+    "INSERT INTO deliveries (id, event_id, user_id, recipient, updated_at, doc)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+    " updated_at = excluded.updated_at, doc = excluded.doc"
+)
+_PURGE_EVERY_S = 3600.0
+_ALL_KEPT = 10_000
+
+
+class SqliteDeliveries:
+    """A `deliveries` table in the dedupe file, on the connection the store uses."""
+
+    def __init__(self, path: Path, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._file = SqliteFile.open(path)
+        self._file.db.executescript(_SCHEMA)
+        self._purged = 0.0
+
+    async def put(self, delivery: Delivery) -> None:
+        self._file.db.execute(
+            _UPSERT,
+            (
+                delivery.id,
+                delivery.event_id,
+                delivery.user_id,
+                delivery.to.lower(),
+                delivery.updated_at,
+                delivery.to_json(),
+            ),
+        )
+        if delivery.updated_at - self._purged > _PURGE_EVERY_S:
+            self._purged = delivery.updated_at
+            self._file.db.execute(
+                "DELETE FROM deliveries WHERE updated_at < ?", (time.time() - self.ttl_s,)
+            )
+
+    async def get(self, record_id: str) -> Delivery | None:
+        row = self._file.db.execute(
+            "SELECT doc FROM deliveries WHERE id = ?", (record_id,)
+        ).fetchone()
+        return Delivery.from_json(row[0]) if row else None
+
+    async def find(
+        self,
+        *,
+        event_id: str | None = None,
+        user_id: str | None = None,
+        to: str | None = None,
+        limit: int = 50,
+    ) -> list[Delivery]:
+        where: list[str] = ["updated_at >= ?"]
+        args: list[object] = [time.time() - self.ttl_s]
+        for column, value in (("event_id", event_id), ("user_id", user_id), ("recipient", to)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value.lower() if column == "recipient" else value)
+        rows = self._file.db.execute(
+            f"SELECT doc FROM deliveries WHERE {' AND '.join(where)}"
+            " ORDER BY updated_at DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [Delivery.from_json(row[0]) for row in rows]
+
+    async def close(self) -> None:
+        await self._file.close()
+
+
+class RedisDeliveries:
+    """Each record a JSON string with the backend's TTL; sorted sets by event, user,
+    recipient (hashed) and time index them, trimmed to the TTL as they are written."""
+
+    def __init__(self, url: str, ttl_s: float, *, prefix: str = "herald:delivery:") -> None:
+        self.url = url
+        self.ttl_s = int(max(1, ttl_s))
+        self.prefix = prefix
+        self.client = redis_client(url)
+
+    async def put(self, delivery: Delivery) -> None:
+        now = delivery.updated_at
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.prefix + "r:" + delivery.id, delivery.to_json(), ex=self.ttl_s)
+        for index in self._indexes(delivery.event_id, delivery.user_id, delivery.to):
+            pipe.zadd(index, {delivery.id: now})
+            pipe.zremrangebyscore(index, "-inf", now - self.ttl_s)
+            pipe.expire(index, self.ttl_s)
+        # The index of everything keeps the newest only: `herald messages` without a filter.
+        pipe.zremrangebyrank(self._indexes("", "", "")[3], 0, -_ALL_KEPT - 1)
+        await redis_call(pipe.execute(), "write a delivery record in", self.url)
+
+    async def get(self, record_id: str) -> Delivery | None:
+        raw = await redis_call(
+            self.client.get(self.prefix + "r:" + record_id), "read a delivery record in", self.url
+        )
+        return Delivery.from_json(raw) if raw else None
+
+    async def find(
+        self,
+        *,
+        event_id: str | None = None,
+        user_id: str | None = None,
+        to: str | None = None,
+        limit: int = 50,
+    ) -> list[Delivery]:
+        event_ix, user_ix, to_ix, all_ix = self._indexes(event_id or "", user_id or "", to or "")
+        index = event_ix if event_id else user_ix if user_id else to_ix if to else all_ix
+        # Read more than `limit` when other filters narrow the first one down.
+        ids = await redis_call(
+            self.client.zrevrange(index, 0, max(limit * 10, 100) - 1),
+            "read delivery records in",
+            self.url,
+        )
+        if not ids:
+            return []
+        raws = await redis_call(
+            self.client.mget([self.prefix + "r:" + _text(i) for i in ids]),
+            "read delivery records in",
+            self.url,
+        )
+        found = [Delivery.from_json(raw) for raw in raws if raw]
+        found = [
+            d
+            for d in found
+            if (event_id is None or d.event_id == event_id)
+            and (user_id is None or d.user_id == user_id)
+            and (to is None or d.to.lower() == to.lower())
+        ]
+        found.sort(key=lambda d: d.updated_at, reverse=True)
+        return found[:limit]
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def _indexes(self, event_id: str, user_id: str, to: str) -> tuple[str, str, str, str]:
+        digest = hashlib.sha256(to.lower().encode()).hexdigest()
+        return (
+            f"{self.prefix}event:{event_id}",
+            f"{self.prefix}user:{user_id}",
+            f"{self.prefix}to:{digest}",
+            f"{self.prefix}all",
+        )
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def open_deliveries(backend: str, *, path: str, url: str, ttl_s: float) -> DeliveryStore:
+    """The records store of `dedupe.backend`."""
+    if backend == "memory":
+        return MemoryDeliveries(ttl_s)
+    if backend == "sqlite":
+        return SqliteDeliveries(Path(path), ttl_s)
+    if backend == "redis":
+        return RedisDeliveries(url, ttl_s)
+    raise ValueError(f"dedupe backend {backend!r} is not available")
