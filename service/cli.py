@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from service.config import Config, ConfigError, load_config, resolve_config_path
 
 if TYPE_CHECKING:  # the heavy imports wait until a command needs them
@@ -116,6 +118,7 @@ def _add_operator_commands(commands: argparse._SubParsersAction[_CommandParser])
     replay.add_argument("--dry-run", action="store_true", help="list, produce nothing")
     replay.set_defaults(func=_dlq_replay)
     _add_topics_command(commands)
+    _add_delivery_commands(commands)
     asyncapi = commands.add_parser("asyncapi", help="print the AsyncAPI document (JSON)")
     asyncapi.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
     asyncapi.set_defaults(func=_asyncapi)
@@ -142,6 +145,58 @@ def _add_topics_command(commands: argparse._SubParsersAction[_CommandParser]) ->
     )
     create.add_argument("--dry-run", action="store_true", help="list, create nothing")
     create.set_defaults(func=_topics_create)
+
+
+def _add_delivery_commands(commands: argparse._SubParsersAction[_CommandParser]) -> None:
+    """`messages` and `resend`."""
+    messages = commands.add_parser("messages", help="delivery records: did the email go out?")
+    messages.add_argument("--event", metavar="ID", help="of this event id")
+    messages.add_argument("--user", metavar="USER_ID", help="of this user id")
+    messages.add_argument("--to", metavar="ADDRESS", help="to this (full) address")
+    messages.add_argument("--limit", type=_positive, default=50, metavar="N", help="(50)")
+    messages.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    messages.set_defaults(func=_messages)
+    resend = commands.add_parser("resend", help="send an event's email again, on purpose")
+    resend.add_argument("event_id", metavar="EVENT_ID")
+    resend.add_argument("--action", metavar="ID", help="only this action's email")
+    resend.set_defaults(func=_resend)
+
+
+def _messages(args: argparse.Namespace) -> None:
+    from service.messages import MessagesError, find_messages, table
+
+    config = _load(args)
+    try:
+        found = asyncio.run(
+            find_messages(
+                config, event_id=args.event, user_id=args.user, to=args.to, limit=args.limit
+            )
+        )
+    except MessagesError as exc:
+        raise CliError(str(exc)) from None
+    show = config.log.show_addresses
+    if args.json:
+        for delivery in found:
+            print(orjson.dumps(delivery.public(show)).decode())
+    else:
+        print(table(found, show))
+
+
+def _resend(args: argparse.Namespace) -> None:
+    from service.messages import MessagesError, resend
+
+    config = _load(args)
+    _quiet_kafka_client()
+    try:
+        lines = asyncio.run(resend(config, args.event_id, args.action))
+    except MessagesError as exc:
+        raise CliError(str(exc)) from None
+    except (ConnectionError, LookupError) as exc:
+        raise CliError(_describe(exc)) from None
+    for line in lines:
+        print(line)
+    if any(line.startswith("not resent") for line in lines):
+        raise SystemExit(1)
 
 
 def _positive(value: str) -> int:

@@ -29,6 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
+from service.dedupe import DedupeUnavailable
 from service.events import MAX_EVENT_BYTES, MalformedEvent, validate_envelope
 from service.triggers import TRIGGERS, Trigger
 
@@ -40,6 +41,8 @@ __all__ = ["HEADER_TIMEOUT_S", "HttpServer"]
 HEADER_TIMEOUT_S = 10.0
 _READY_CACHE_S = 1.0
 _MAX_DECISIONS = 64
+_MESSAGES_LIMIT = 50
+_MESSAGES_MAX = 1000
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -55,6 +58,7 @@ class HttpServer:
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
                 web.post("/v1/decisions/{trigger}", self.decide),
+                web.get("/v1/messages", self.messages),
             ]
         )
         self._runner: web.AppRunner | None = None
@@ -135,6 +139,28 @@ class HttpServer:
         if event is None or event.trigger is not trigger:
             return _error(400, f"event type does not match trigger {trigger.name!r}")
         return web.json_response(await processor.decide(event), dumps=_dumps)
+
+
+    async def messages(self, request: web.Request) -> web.Response:
+        """The delivery records matching `event_id`, `user_id`, `to`, newest first."""
+        deliveries = self.herald.deliveries
+        if deliveries is None:
+            return _error(503, "not started")
+        query = request.query
+        raw_limit = query.get("limit", str(_MESSAGES_LIMIT))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= _MESSAGES_MAX:
+            return _error(400, f"limit must be a number from 1 to {_MESSAGES_MAX}")
+        try:
+            found = await deliveries.store.find(
+                event_id=query.get("event_id") or None,
+                user_id=query.get("user_id") or None,
+                to=query.get("to") or None,
+                limit=int(raw_limit),
+            )
+        except DedupeUnavailable as exc:
+            return _error(503, str(exc))
+        show = self.herald.config.log.show_addresses
+        return web.json_response({"messages": [d.public(show) for d in found]}, dumps=_dumps)
 
 
 def _error(status: int, message: str, retry_after: int | None = None) -> web.Response:

@@ -56,7 +56,14 @@ from service.outputs import Outputs, Record
 from service.retry import RetryPolicy
 from service.transactions import Transactions, consuming
 
-__all__ = ["MalformedRetry", "Retrier", "RetryItem", "RetryScheduler", "retry_headers"]
+__all__ = [
+    "MalformedRetry",
+    "Retrier",
+    "RetryItem",
+    "RetryScheduler",
+    "request_from",
+    "retry_headers",
+]
 
 log = logging.getLogger("herald.retries")
 
@@ -148,6 +155,30 @@ def read_item(record: Record) -> RetryItem:
         raise MalformedRetry(f"not a Herald retry item: {exc!r}") from None
 
 
+def request_from(
+    event: Event,
+    email: Mapping[str, Any],
+    action_id: str,
+    secrets: Mapping[str, str],
+    **options: Any,
+) -> EmailRequest:
+    """The email `email` (a retry item's or a delivery record's fields) of `event`,
+    made again: the same template, recipient and data, the event as it was read."""
+    context = template_context(event_view(event, secrets), secrets, email.get("data"))
+    return EmailRequest(
+        event_id=event.id,
+        action_id=action_id,
+        template=str(email.get("template")),
+        to=email.get("to"),
+        to_name=str(email.get("to_name") or ""),
+        locale=email.get("locale"),
+        context=context,
+        sender=email.get("from"),
+        reply_to=email.get("reply_to"),
+        **options,
+    )
+
+
 def _original(record: Record) -> Original:
     if isinstance(record, Original):
         return record
@@ -227,20 +258,14 @@ class Retrier:
             await self._dead_letter(item, exc.error, exc.reason)
 
     def _request(self, event: Event, item: RetryItem) -> EmailRequest:
-        email, secrets = item.email, self.secrets()
-        context = template_context(event_view(event, secrets), secrets, email.get("data"))
-        return EmailRequest(
-            event_id=event.id,
-            action_id=item.action_id,
-            template=str(email.get("template")),
-            to=email.get("to"),
-            to_name=str(email.get("to_name") or ""),
-            locale=email.get("locale"),
-            context=context,
-            sender=email.get("from"),
-            reply_to=email.get("reply_to"),
+        original = item.original
+        return request_from(
+            event,
+            item.email,
+            item.action_id,
+            self.secrets(),
             attempt=item.attempt,
-            source=(item.original.topic, item.original.partition, item.original.offset),
+            source=(original.topic, original.partition, original.offset),
         )
 
     async def _dead_letter(self, item: RetryItem, error: str, reason: str) -> None:

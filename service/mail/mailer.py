@@ -339,7 +339,7 @@ class Mailer:
             self._failed(request, "deferred")  # its record is written with its next attempt
             raise EmailDeferred(exc.reason) from None
         await self._note(
-            key, request, recipient, "sent", smtp_reply=reply, message_id=email.message_id
+            key, request, recipient, "sent", smtp_reply=f"250 {reply}", message_id=email.message_id
         )
         return "sent"
 
