@@ -10,7 +10,9 @@ written is an outage too: nothing is committed that did not reach its end.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 
 import orjson
 from aiokafka.errors import (
+    KafkaError,
     MessageSizeTooLargeError,
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
@@ -36,6 +39,8 @@ __all__ = [
     "command_id",
 ]
 
+log = logging.getLogger("herald")
+
 COMMAND_TYPE = "identity.user.metadata_update"
 _COMMAND_NAMESPACE = uuid.UUID("6f1c3c1e-8a53-4c55-9b6f-7d0f2f7d6a11")
 
@@ -48,6 +53,10 @@ MAX_REQUEST_BYTES = 1024 * 1024
 #: aiokafka alone waits `request_timeout_ms` (40 s), and the rewound batch waited again.
 REPLY_TOPIC_WAIT_S = 10.0
 _TOPIC_RETRY_S = 0.5
+#: How long the first status event waits for Kafka to know the status topic, and how
+#: often that is asked again.
+_STATUS_TOPIC_WAIT_S = 5.0
+_STATUS_RECHECK_S = 60.0
 #: Kafka's rule for topic names. A broker refuses any other name, and one too long for
 #: the protocol would break every later metadata request of the shared producer.
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -111,6 +120,9 @@ class Outputs:
         self.status_topic = status_topic
         #: Status events written and not yet acknowledged: `flush` before a commit.
         self._unacked: list[asyncio.Future[Any]] = []
+        self._status_known = True
+        self._status_checked_at = -_STATUS_RECHECK_S
+        self._status_lock = asyncio.Lock()
         #: `kafka.exactly_once`: outputs of a consumed record go in its partition's
         #: transaction; others (the decision webhook's) through the plain producer.
         self.transactions = transactions
@@ -232,7 +244,7 @@ class Outputs:
     async def status(self, key: bytes, value: bytes) -> None:
         """A delivery status event to `status_topic`, not waited for: the batch (or the
         retry scheduler) flushes before it commits."""
-        if self.status_topic is None:
+        if self.status_topic is None or not await self._status_topic_known():
             return
         source = current_source() if self.transactions is not None else None
         if source is None or self.transactions is None:
@@ -240,6 +252,28 @@ class Outputs:
         else:
             future = await self.transactions.enqueue(source, self.status_topic, value, key)
         self._unacked.append(future)
+
+    async def _status_topic_known(self) -> bool:
+        """Whether Kafka knows `status_topic`, asked at most once a minute: a status topic
+        nobody created must not hold every email for the producer's metadata wait."""
+        if time.monotonic() < self._status_checked_at + _STATUS_RECHECK_S:
+            return self._status_known
+        async with self._status_lock:  # one question at a time; the others wait for it
+            if time.monotonic() < self._status_checked_at + _STATUS_RECHECK_S:
+                return self._status_known
+            try:
+                async with asyncio.timeout(_STATUS_TOPIC_WAIT_S):
+                    await self.producer.partitions_for(self.status_topic or "")
+                known = True
+            except (TimeoutError, KafkaError) as exc:
+                if self._status_known:
+                    log.error(
+                        "status topic unavailable; status events are skipped until it exists",
+                        extra={"status_topic": self.status_topic, "error": type(exc).__name__},
+                    )
+                known = False
+            self._status_known, self._status_checked_at = known, time.monotonic()
+        return self._status_known
 
     async def flush(self) -> None:
         """Until every status event written so far is acknowledged; raises if one failed."""
