@@ -22,6 +22,7 @@ from service.schemas import (
     CloudEvent,
     DeadLetterHeaders,
     Decision,
+    EmailStatus,
     KeycloakEvent,
     MetadataUpdate,
 )
@@ -109,6 +110,17 @@ def _declare_outputs(broker: KafkaBroker, config: Config) -> None:
         ),
         schema=Decision,
     )
+    if kafka.status_topic:
+        broker.publisher(
+            kafka.status_topic,
+            title=f"{kafka.status_topic}:EmailStatus",
+            description=(
+                "Each change of an email's delivery record (sent, deferred, uncertain, "
+                "failed, skipped), keyed by user id; recipients masked unless "
+                "log.show_addresses."
+            ),
+            schema=EmailStatus,
+        )
 
 
 def _add_dead_letter_headers(document: dict[str, Any], config: Config) -> None:

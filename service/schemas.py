@@ -159,6 +159,44 @@ class Decision(BaseModel):
     redirect: Redirect | None = None
 
 
+class EmailStatusData(BaseModel):
+    """One delivery record as it changed (`herald messages --json` shows the same)."""
+
+    event_id: str
+    action_id: str
+    template: str
+    to: str = Field(description="masked (a***@example.com) unless log.show_addresses")
+    user_id: str
+    status: Literal["sent", "deferred", "uncertain", "failed", "skipped"]
+    reason: str | None = Field(
+        default=None, description="failed: the error; skipped: rate_limited | expired"
+    )
+    attempts: int
+    smtp_reply: str | None = None
+    message_id: str | None = None
+    created_at: str
+    updated_at: str
+    next_attempt_at: str | None = Field(default=None, description="deferred: when, ISO 8601")
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    resend: bool = False
+
+
+class EmailStatus(BaseModel):
+    """CloudEvent `herald.email.status`: a delivery record's change, keyed by user id.
+    The id is the same for every delivery of one transition."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: Literal["herald"] = "herald"
+    type: Literal["herald.email.status"] = "herald.email.status"
+    subject: str
+    time: str
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: EmailStatusData
+
+
 class DeadLetterHeaders(BaseModel):
     """Headers Herald adds to a dead letter, next to the record's original headers."""
 

@@ -58,7 +58,14 @@ def test_consumed_and_produced_topics(document: dict[str, Any]) -> None:
         "identity.events.dlq": "send",
         "identity.commands": "send",
         "identity.decisions": "send",
+        "identity.notifications": "send",
     }
+
+
+def test_the_status_topic_carries_email_status_cloudevents(document: dict[str, Any]) -> None:
+    status = payload(document, "identity.notifications")
+    assert status["properties"]["type"]["const"] == "herald.email.status"
+    assert set(status["required"]) >= {"id", "subject", "time", "data"}
 
 
 def test_message_schemas(document: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
+from service.schemas import EmailStatus
 from tests.harness import (
     GREY,
     ROOT,
@@ -139,6 +140,8 @@ async def test_a_sent_email_is_on_record_and_a_resend_sends_exactly_one_more(
         ("herald.email.status", "sent", True),
     ]
     assert all(r.key == b"user-ada" for r in statuses)
+    for status_event in events:  # what docs/asyncapi.json promises
+        EmailStatus.model_validate(status_event)
     assert all(e["data"]["to"] == "a***@herald.test" for e in events)
 
 
@@ -206,3 +209,4 @@ async def test_resend_of_an_unknown_event_and_messages_on_memory_are_one_clear_l
     code, _, err = await _cli(config_file(memory, tmp_path / "memory.yaml"), "messages")
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "GET /v1/messages" in err
+
