@@ -103,12 +103,12 @@ class RedisDeliveries:
         self.client = redis_client(url)
 
     async def put(self, delivery: Delivery) -> None:
-        now = delivery.updated_at
+        now, oldest = delivery.updated_at, time.time() - self.ttl_s
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.prefix + "r:" + delivery.id, delivery.to_json(), ex=self.ttl_s)
         for index in self._indexes(delivery.event_id, delivery.user_id, delivery.to):
             pipe.zadd(index, {delivery.id: now})
-            pipe.zremrangebyscore(index, "-inf", now - self.ttl_s)
+            pipe.zremrangebyscore(index, "-inf", oldest)
             pipe.expire(index, self.ttl_s)
         # The index of everything keeps the newest only: `herald messages` without a filter.
         pipe.zremrangebyrank(self._indexes("", "", "")[3], 0, -_ALL_KEPT - 1)
@@ -144,10 +144,12 @@ class RedisDeliveries:
             self.url,
         )
         found = [Delivery.from_json(raw) for raw in raws if raw]
+        oldest = time.time() - self.ttl_s
         found = [
             d
             for d in found
-            if (event_id is None or d.event_id == event_id)
+            if d.updated_at >= oldest
+            and (event_id is None or d.event_id == event_id)
             and (user_id is None or d.user_id == user_id)
             and (to is None or d.to.lower() == to.lower())
         ]
