@@ -30,6 +30,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from service.consumer import Processor
 from service.failures import Outage
+from service.lag import update_lag
 from service.metrics import Metrics
 from service.outputs import Record
 from service.transactions import Transactions
@@ -163,6 +164,7 @@ class BatchRunner:
             self._handback = self._task = None
         error = None if task.cancelled() else task.exception()
         await self._settle(message, progress)
+        await update_lag(message.consumer, self.metrics.consumer_lag)
         if error is None:
             if not progress.complete:
                 done, left = progress.counts()

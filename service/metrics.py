@@ -27,7 +27,11 @@ class Metrics:
         )
         self.emails = Counter(
             "herald_emails",
-            "Emails, by template and outcome.",
+            "Emails, by template and outcome: sent; duplicate (already sent, not again); "
+            "uncertain (handed to the server, its reply never came; not sent again); "
+            "deferred (a transient failure, retried from the retry topic); rejected (a "
+            "permanent failure); retries_exhausted; rate_limited (skipped); expired (its "
+            "link expired, skipped); render_error (the template failed).",
             ["template", "outcome"],
             registry=r,
         )
@@ -39,6 +43,19 @@ class Metrics:
         self.retries_pending = Gauge(
             "herald_retries_pending",
             "Scheduled email retries read from the retry topic and not yet finished.",
+            registry=r,
+        )
+        self.retry_oldest = Gauge(
+            "herald_retry_oldest_seconds",
+            "Seconds since the oldest retry item read from the retry topic and not yet "
+            "finished was written there (its record timestamp); 0 when none.",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "herald_consumer_lag",
+            "Records behind the end of each assigned input partition (its last known "
+            "end offset minus the consumer's position), as of the last batch.",
+            ["topic", "partition"],
             registry=r,
         )
         self.dlq = Counter("herald_dlq", "Dead-lettered events, by reason.", ["reason"], registry=r)

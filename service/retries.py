@@ -315,6 +315,9 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         self._heap: list[_Due] = []
         self._seq = itertools.count()
         self._pending: dict[TopicPartition, set[int]] = {}
+        #: When each pending item was written to the retry topic (its record timestamp).
+        self._written_at: dict[TopicPartition, dict[int, float]] = {}
+        metrics.retry_oldest.set_function(self._oldest_s)
         self._next: dict[TopicPartition, int] = {}  # offset after the last one read
         self._committed: dict[TopicPartition, tuple[int, str]] = {}
         #: Finished at or above the commit position (items finish out of order), and
@@ -368,7 +371,14 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         if self.transactions is not None:
             await self.transactions.revoke(revoked)
         for tp in revoked:
-            for state in (self._pending, self._next, self._committed, self._done, self._skip):
+            for state in (
+                self._pending,
+                self._written_at,
+                self._next,
+                self._committed,
+                self._done,
+                self._skip,
+            ):
                 state.pop(tp, None)
         gone = set(revoked)
         self._heap = [d for d in self._heap if d.tp not in gone]
@@ -430,6 +440,8 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             self._done.setdefault(tp, set()).add(record.offset)
             return
         self._pending.setdefault(tp, set()).add(record.offset)
+        written = record.timestamp / 1000 if record.timestamp and record.timestamp > 0 else None
+        self._written_at.setdefault(tp, {})[record.offset] = written or time.time()
         heapq.heappush(self._heap, _Due(item.due, next(self._seq), tp, record.offset, item))
         self._gauge()
         self._wake.set()
@@ -465,6 +477,7 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             if due.tp in self._pending:
                 self._pending[due.tp].discard(due.offset)
                 self._done[due.tp].add(due.offset)
+                self._written_at.get(due.tp, {}).pop(due.offset, None)
             self._gauge()
         finally:
             self._slots.release()
@@ -526,6 +539,7 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         self._heap = [d for d in self._heap if d.tp != tp]
         heapq.heapify(self._heap)
         self._pending[tp] = set()
+        self._written_at[tp] = {}
         self._next.pop(tp, None)
         self._done[tp] = set()
         self._skip[tp] = decode_done(self._committed.get(tp, (0, ""))[1])
@@ -545,3 +559,8 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _gauge(self) -> None:
         self.metrics.retries_pending.set(sum(len(p) for p in self._pending.values()))
+
+    def _oldest_s(self) -> float:
+        """`herald_retry_oldest_seconds`, computed when scraped (not on every change)."""
+        written = [t for items in self._written_at.values() for t in items.values()]
+        return max(time.time() - min(written), 0.0) if written else 0.0

@@ -108,6 +108,30 @@ async def test_a_scheduled_retry_survives_sigkill(
     assert per_event(server) == {grey["id"]: 1}
 
 
+async def test_the_oldest_retry_age_grows_while_it_waits_and_is_0_once_sent(
+    kafka: EmbeddedKafka, client: Kafka, tmp_path: Path
+) -> None:
+    retry = {"attempts": 5, "initial_backoff_s": 2, "max_backoff_s": 2}
+    with GreylistingSMTP() as server:
+        config = make_config(kafka, server, tmp_path, retry=retry)
+        async with running(config) as herald:
+            assert metric(herald, "herald_retry_oldest_seconds") == 0
+            await client.send(config.kafka.topics[0], grey_event())
+            await wait_until(lambda: metric(herald, "herald_retries_pending") == 1, "read back")
+            await asyncio.sleep(0.5)
+            waiting = metric(herald, "herald_retry_oldest_seconds")
+            await asyncio.sleep(0.5)
+            later = metric(herald, "herald_retry_oldest_seconds")
+            server.accept_grey = True
+            await wait_until(lambda: GREY in _recipients(server), "the greylisted email", 30)
+            await wait_until(lambda: metric(herald, "herald_retries_pending") == 0, "finished")
+            after = metric(herald, "herald_retry_oldest_seconds")
+    print(f"oldest retry: {waiting:.2f} s, then {later:.2f} s while waiting; {after} once sent")
+    assert 0.5 <= waiting < 2.5
+    assert later >= waiting + 0.4
+    assert after == 0
+
+
 def test_backoff_is_exponential_capped_and_jittered_upwards() -> None:
     policy = RetryPolicy(8, 0.5, 4)
     assert policy.schedule() == [0.5, 1, 2, 4, 4, 4, 4]
