@@ -49,10 +49,17 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def setup_logging(level: str = "INFO", show_addresses: bool = False) -> None:
-    """Send every logger to stderr as JSON lines at `level`; quiet chatty libraries."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(mask=not show_addresses))
+def setup_logging(
+    level: str = "INFO",
+    show_addresses: bool = False,
+    handler: logging.Handler | None = None,
+) -> None:
+    """Send every logger to stderr as JSON lines at `level`; quiet chatty libraries.
+
+    `handler` replaces the JSON lines on stderr (`herald dev`'s console)."""
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter(mask=not show_addresses))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
