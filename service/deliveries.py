@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
+import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -41,7 +42,7 @@ __all__ = [
 log = logging.getLogger("herald")
 
 STATUS_TYPE = "herald.email.status"
-_STATUS_NAMESPACE = uuid.UUID("0c8f6a52-4a1e-4f7e-9d2b-5b1d6f3e2a77")
+_STATUS_KEY = b"herald.email.status"
 
 #: Where an event was read: topic, partition, offset.
 Position = tuple[str, int, int]
@@ -91,7 +92,7 @@ class Delivery:
     email: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self), default=str)
+        return orjson.dumps({name: getattr(self, name) for name in _FIELDS}, default=str)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Delivery:
@@ -120,6 +121,9 @@ class Delivery:
             "offset": self.offset,
             "resend": self.resend,
         }
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Delivery))
 
 
 class DeliveryStore(Protocol):
@@ -267,7 +271,7 @@ class DeliveryLog:
             {
                 "specversion": "1.0",
                 # The same for every delivery of one transition: consumers deduplicate.
-                "id": str(uuid.uuid5(_STATUS_NAMESPACE, f"{d.id}:{d.status}:{d.attempts}")),
+                "id": _status_id(d),
                 "source": "herald",
                 "type": STATUS_TYPE,
                 "subject": d.user_id,
@@ -278,7 +282,19 @@ class DeliveryLog:
         )
 
 
+def _status_id(d: Delivery) -> str:
+    raw = f"{d.id}\x1f{d.status}\x1f{d.attempts}\x1f{d.resend}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(raw, digest_size=16, key=_STATUS_KEY).hexdigest()
+
+
 def _iso(at: float | None) -> str | None:
+    """ISO 8601 UTC with milliseconds (`2026-12-01T10:00:00.123+00:00`)."""
     if at is None:
         return None
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+    whole = int(at)
+    return _second(whole) + f".{int((at - whole) * 1000):03d}+00:00"
+
+
+@functools.lru_cache(maxsize=256)
+def _second(whole: int) -> str:
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -11,27 +11,28 @@ from service.deliveries import Delivery, DeliveryStore, MemoryDeliveries
 
 __all__ = ["RedisDeliveries", "SqliteDeliveries", "open_deliveries"]
 
+# Rows are replaced, not updated, on every change: rowid order is the order of the last
+# change, so "newest first" needs no index of its own, and each index is one column.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
-    id TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
     event_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
     recipient TEXT NOT NULL,
     updated_at REAL NOT NULL,
     doc BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id, updated_at);
-CREATE INDEX IF NOT EXISTS deliveries_user ON deliveries (user_id, updated_at);
-CREATE INDEX IF NOT EXISTS deliveries_recipient ON deliveries (recipient, updated_at);
-CREATE INDEX IF NOT EXISTS deliveries_updated ON deliveries (updated_at);
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+CREATE INDEX IF NOT EXISTS deliveries_user ON deliveries (user_id);
+CREATE INDEX IF NOT EXISTS deliveries_recipient ON deliveries (recipient);
 """
 _UPSERT = (
-    "INSERT INTO deliveries (id, event_id, user_id, recipient, updated_at, doc)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-    " updated_at = excluded.updated_at, doc = excluded.doc"
+    "INSERT OR REPLACE INTO deliveries (id, event_id, user_id, recipient, updated_at, doc)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _PURGE_EVERY_S = 3600.0
 _ALL_KEPT = 10_000
+_UNWRITTEN_KEPT = 1000
 
 
 class SqliteDeliveries:
@@ -42,19 +43,26 @@ class SqliteDeliveries:
         self._file = SqliteFile.open(path)
         self._file.db.executescript(_SCHEMA)
         self._purged = 0.0
+        #: Rows queued for the next commit, by id, so that `get` sees them.
+        self._unwritten: dict[str, tuple[object, ...]] = {}
 
     async def put(self, delivery: Delivery) -> None:
-        self._file.db.execute(
-            _UPSERT,
-            (
-                delivery.id,
-                delivery.event_id,
-                delivery.user_id,
-                delivery.to.lower(),
-                delivery.updated_at,
-                delivery.to_json(),
-            ),
+        """A "sent" record rides on the commit of the email's dedupe record, which follows
+        at once; any other status is written now."""
+        row = (
+            delivery.id,
+            delivery.event_id,
+            delivery.user_id,
+            delivery.to.lower(),
+            delivery.updated_at,
+            delivery.to_json(),
         )
+        self._unwritten[delivery.id] = row
+        self._file.add_pending(_UPSERT, row)
+        if delivery.status != "sent":
+            self._file.flush()
+        if len(self._unwritten) > _UNWRITTEN_KEPT:
+            self._unwritten.clear()
         if delivery.updated_at - self._purged > _PURGE_EVERY_S:
             self._purged = delivery.updated_at
             self._file.db.execute(
@@ -62,6 +70,8 @@ class SqliteDeliveries:
             )
 
     async def get(self, record_id: str) -> Delivery | None:
+        if self._file.pending.get(_UPSERT) and record_id in self._unwritten:
+            return Delivery.from_json(self._unwritten[record_id][5])  # type: ignore[arg-type]
         row = self._file.db.execute(
             "SELECT doc FROM deliveries WHERE id = ?", (record_id,)
         ).fetchone()
@@ -81,9 +91,10 @@ class SqliteDeliveries:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value.lower() if column == "recipient" else value)
+        self._file.flush()  # what is queued is found too
         rows = self._file.db.execute(
             f"SELECT doc FROM deliveries WHERE {' AND '.join(where)}"
-            " ORDER BY updated_at DESC LIMIT ?",
+            " ORDER BY rowid DESC LIMIT ?",
             (*args, limit),
         ).fetchall()
         return [Delivery.from_json(row[0]) for row in rows]
