@@ -178,7 +178,7 @@ class BatchRunner:
     async def _settle(self, message: Message, progress: Progress) -> None:
         """Commit what finished; rewind the consumer to what did not."""
         try:
-            await self.processor.outputs.flush()  # the status events written meanwhile
+            await self.processor.flush()  # the status events and records written meanwhile
         except Exception as exc:
             log.warning("status events not written; the batch is consumed again", exc_info=exc)
             await self._abort_all(progress)

@@ -149,6 +149,13 @@ class Processor:
                 continue
             await self.retrier.schedule(record, request, 2, reason)
 
+    async def flush(self) -> None:
+        """Status events acknowledged, delivery records written (before a commit)."""
+        deliveries = self.engine.mailer.deliveries if self.engine.mailer else None
+        if deliveries is not None:
+            await deliveries.flush()
+        await self.outputs.flush()
+
     async def decide(self, event: Event) -> dict[str, Any]:
         """Run a synchronous flow for the decision webhook; returns the decision body."""
         started = time.perf_counter()
@@ -162,6 +169,7 @@ class Processor:
             )
             await self.engine.mailer.note(request, "failed", smtp_reply=reason)
         await self._publish(event, result, {}, decision=False)
+        await self.flush()
         self._finished(event, "failed_closed" if result.failure else "ok", started, result)
         return result.decision_body(event)
 

@@ -267,9 +267,6 @@ class SqliteFile:
         #: `write_sent` (or `flush_rate_rows`) writes them.
         self.rate_rows: list[tuple[str, float]] = []
         self.rate_rows_since = 0.0  # time.monotonic() of the oldest pending row
-        #: Other rows that ride on the next commit: statement → parameter rows (the
-        #: delivery record of an email, written with its "sent" record).
-        self.pending: dict[str, list[tuple[object, ...]]] = {}
         #: The sqlite rate limiter's in-memory window per address digest (ratelimit.py).
         self.rate_windows: dict[str, list[float]] = {}
         #: Until this time.time(), the file may hold in-window rate rows of addresses that
@@ -289,20 +286,13 @@ class SqliteFile:
         return file
 
     def write_sent(self, key: str, expires_at: float) -> None:
-        """Commit the "sent" record of `key` (with any pending rows) before returning."""
-        if not self.rate_rows and not self.pending:
+        """Commit the "sent" record of `key` (with any pending rate rows) before returning."""
+        if not self.rate_rows:
             self.db.execute(_INSERT_SENT, (key, expires_at))
         else:
             self._commit((key, expires_at))
 
-    def add_pending(self, statement: str, row: tuple[object, ...]) -> None:
-        """Queue one row for the next commit."""
-        self.pending.setdefault(statement, []).append(row)
 
-    def flush(self) -> None:
-        """Write every pending row now, in one transaction."""
-        if self.rate_rows or self.pending:
-            self._commit(None)
 
     def add_rate_row(self, digest: str, at: float) -> None:
         """Queue one rate-limit row for the next commit."""
@@ -323,7 +313,7 @@ class SqliteFile:
         if self._files.get(self.path) is self:
             del self._files[self.path]
         try:
-            self.flush()
+            self.flush_rate_rows()
         finally:
             # The last connection to close checkpoints what is left and removes the WAL.
             await asyncio.to_thread(self._checkpoints.stop)
@@ -331,7 +321,6 @@ class SqliteFile:
 
     def _commit(self, sent: tuple[str, float] | None) -> None:
         rows, self.rate_rows = self.rate_rows, []
-        pending, self.pending = self.pending, {}
         db = self.db
         try:
             db.execute("BEGIN")
@@ -339,15 +328,11 @@ class SqliteFile:
                 db.execute(_INSERT_SENT, sent)
             if rows:
                 db.executemany(_INSERT_RATE, rows)
-            for statement, params in pending.items():
-                db.executemany(statement, params)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             self.rate_rows[:0] = rows  # counted all the same; written with a later commit
-            for statement, params in pending.items():
-                self.pending.setdefault(statement, [])[:0] = params
             raise
 
 

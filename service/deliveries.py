@@ -144,6 +144,9 @@ class DeliveryStore(Protocol):
         """Newest first (by `updated_at`)."""
         ...
 
+    async def flush(self) -> None:
+        """Write what `put` queued (called before a batch commits)."""
+
     async def close(self) -> None: ...
 
 
@@ -185,6 +188,9 @@ class MemoryDeliveries:
         ]
         found.sort(key=lambda d: d.updated_at, reverse=True)
         return [dataclasses.replace(d) for d in found[:limit]]
+
+    async def flush(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -257,6 +263,13 @@ class DeliveryLog:
         if self.publish is not None:
             await self.publish(user_id.encode(), self._status_event(current))
         return current
+
+    async def flush(self) -> None:
+        """Write the queued records; a failure is logged (the emails' fate stands)."""
+        try:
+            await self.store.flush()
+        except Exception as exc:
+            log.error("delivery records not written", extra={"error": repr(exc)})
 
     async def _get(self, record_id: str) -> Delivery | None:
         try:

@@ -32,7 +32,7 @@ _UPSERT = (
 )
 _PURGE_EVERY_S = 3600.0
 _ALL_KEPT = 10_000
-_UNWRITTEN_KEPT = 1000
+_QUEUE_MAX = 1000
 
 
 class SqliteDeliveries:
@@ -43,12 +43,13 @@ class SqliteDeliveries:
         self._file = SqliteFile.open(path)
         self._file.db.executescript(_SCHEMA)
         self._purged = 0.0
-        #: Rows queued for the next commit, by id, so that `get` sees them.
-        self._unwritten: dict[str, tuple[object, ...]] = {}
+        #: Records of sent emails not written yet, by id (`flush`).
+        self._queued: dict[str, tuple[object, ...]] = {}
 
     async def put(self, delivery: Delivery) -> None:
-        """A "sent" record rides on the commit of the email's dedupe record, which follows
-        at once; any other status is written now."""
+        """A "sent" record is queued and written with the others of its batch (`flush`,
+        before the batch commits; its dedupe record is what keeps it from being sent
+        again); any other status is written now."""
         row = (
             delivery.id,
             delivery.event_id,
@@ -57,21 +58,34 @@ class SqliteDeliveries:
             delivery.updated_at,
             delivery.to_json(),
         )
-        self._unwritten[delivery.id] = row
-        self._file.add_pending(_UPSERT, row)
-        if delivery.status != "sent":
-            self._file.flush()
-        if len(self._unwritten) > _UNWRITTEN_KEPT:
-            self._unwritten.clear()
+        self._queued[delivery.id] = row
+        if delivery.status != "sent" or len(self._queued) >= _QUEUE_MAX:
+            await self.flush()
         if delivery.updated_at - self._purged > _PURGE_EVERY_S:
             self._purged = delivery.updated_at
             self._file.db.execute(
                 "DELETE FROM deliveries WHERE updated_at < ?", (time.time() - self.ttl_s,)
             )
 
+    async def flush(self) -> None:
+        """Write the queued records in one transaction."""
+        if not self._queued:
+            return
+        rows, self._queued = list(self._queued.values()), {}
+        db = self._file.db
+        try:
+            db.execute("BEGIN")
+            db.executemany(_UPSERT, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
     async def get(self, record_id: str) -> Delivery | None:
-        if self._file.pending.get(_UPSERT) and record_id in self._unwritten:
-            return Delivery.from_json(self._unwritten[record_id][5])  # type: ignore[arg-type]
+        queued = self._queued.get(record_id)
+        if queued is not None:
+            return Delivery.from_json(queued[5])  # type: ignore[arg-type]
         row = self._file.db.execute(
             "SELECT doc FROM deliveries WHERE id = ?", (record_id,)
         ).fetchone()
@@ -91,7 +105,7 @@ class SqliteDeliveries:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value.lower() if column == "recipient" else value)
-        self._file.flush()  # what is queued is found too
+        await self.flush()  # what is queued is found too
         rows = self._file.db.execute(
             f"SELECT doc FROM deliveries WHERE {' AND '.join(where)}"
             " ORDER BY rowid DESC LIMIT ?",
@@ -100,7 +114,10 @@ class SqliteDeliveries:
         return [Delivery.from_json(row[0]) for row in rows]
 
     async def close(self) -> None:
-        await self._file.close()
+        try:
+            await self.flush()
+        finally:
+            await self._file.close()
 
 
 class RedisDeliveries:
@@ -166,6 +183,9 @@ class RedisDeliveries:
         ]
         found.sort(key=lambda d: d.updated_at, reverse=True)
         return found[:limit]
+
+    async def flush(self) -> None:
+        return None
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -207,6 +207,13 @@ class Retrier:
         self.policy = policy
         self.metrics = metrics
 
+    async def flush(self) -> None:
+        """Status events acknowledged, delivery records written (before a commit)."""
+        mailer = self.mailer()
+        if mailer.deliveries is not None:
+            await mailer.deliveries.flush()
+        await self.outputs.flush()
+
     async def schedule(
         self, source: Record, request: EmailRequest, attempt: int, reason: str
     ) -> None:
@@ -464,6 +471,9 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             with consuming(due.tp.topic, due.tp.partition):
                 await self.retrier.attempt(due.item)
+            mailer = self.retrier.mailer()
+            if mailer.deliveries is not None:  # retries are few: their records at once
+                await mailer.deliveries.flush()
         except asyncio.CancelledError:  # shutdown: the item stays uncommitted
             raise
         except Outage as exc:
@@ -511,7 +521,7 @@ class RetryScheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         if not offsets:
             return
         try:
-            await self.retrier.outputs.flush()  # the status events of these attempts
+            await self.retrier.flush()  # the status events and records of these attempts
         except Exception as exc:
             log.warning("status events not written; committing later", extra={"error": repr(exc)})
             return
