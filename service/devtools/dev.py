@@ -166,7 +166,9 @@ async def _stop(task: asyncio.Task[None] | None) -> None:
 
 def _topics(config: Config) -> list[str]:
     k = config.kafka
-    return [*k.topics, *(t + k.dlq_suffix for t in k.topics), k.commands_topic, k.decisions_topic]
+    derived = [t + suffix for t in k.topics for suffix in (k.dlq_suffix, k.retry_suffix)]
+    outputs = [k.commands_topic, k.decisions_topic, *([k.status_topic] if k.status_topic else [])]
+    return [*k.topics, *derived, *outputs]
 
 
 def _banner(bootstrap: str, smtp_port: int, outbox: Path, http: str, preview: str) -> str:
