@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from service.dedupe import SqliteFile, redis_call, redis_client
-from service.deliveries import Delivery, DeliveryStore, MemoryDeliveries
+from service.deliveries import Delivery, DeliveryStore, MemoryDeliveries, matches
 
 __all__ = ["RedisDeliveries", "SqliteDeliveries", "open_deliveries"]
 
@@ -173,14 +173,7 @@ class RedisDeliveries:
         )
         found = [Delivery.from_json(raw) for raw in raws if raw]
         oldest = time.time() - self.ttl_s
-        found = [
-            d
-            for d in found
-            if d.updated_at >= oldest
-            and (event_id is None or d.event_id == event_id)
-            and (user_id is None or d.user_id == user_id)
-            and (to is None or d.to.lower() == to.lower())
-        ]
+        found = [d for d in found if d.updated_at >= oldest and matches(d, event_id, user_id, to)]
         found.sort(key=lambda d: d.updated_at, reverse=True)
         return found[:limit]
 
