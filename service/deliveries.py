@@ -43,6 +43,8 @@ log = logging.getLogger("herald")
 
 STATUS_TYPE = "herald.email.status"
 _STATUS_KEY = b"herald.email.status"
+#: The memory backend keeps this many records at most.
+_MEMORY_KEPT = 100_000
 
 #: Where an event was read: topic, partition, offset.
 Position = tuple[str, int, int]
@@ -166,7 +168,11 @@ class MemoryDeliveries:
         self._records: dict[str, Delivery] = {}
 
     async def put(self, delivery: Delivery) -> None:
+        self._records.pop(delivery.id, None)  # re-inserted: dict order is recency
         self._records[delivery.id] = dataclasses.replace(delivery)
+        if len(self._records) > _MEMORY_KEPT:  # the oldest go first
+            for old in list(self._records)[: len(self._records) - _MEMORY_KEPT]:
+                del self._records[old]
 
     async def get(self, record_id: str) -> Delivery | None:
         found = self._records.get(record_id)
