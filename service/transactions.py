@@ -10,7 +10,8 @@ always has a transaction open; `commit` adds the offsets, commits and opens the 
 
 A partition with nothing written in its transaction commits its offset with the consumer's
 own commit: the group coordinator checks the consumer's generation, so a zombie is fenced
-there too, and the common batch (emails only) pays no transaction round trips.
+there too, and a batch that wrote nothing (emails only, without status events) pays no
+transaction round trips.
 
 Outputs reach the right transaction through `consuming(tp)`, set while a record of `tp`
 is processed (service/outputs.py reads it).
