@@ -19,7 +19,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -94,7 +94,7 @@ class Delivery:
     email: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return orjson.dumps({name: getattr(self, name) for name in _FIELDS}, default=str)
+        return orjson.dumps(self, default=str)  # orjson writes a dataclass's fields natively
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Delivery:
@@ -123,9 +123,6 @@ class Delivery:
             "offset": self.offset,
             "resend": self.resend,
         }
-
-
-_FIELDS = tuple(f.name for f in dataclasses.fields(Delivery))
 
 
 class DeliveryStore(Protocol):
@@ -202,8 +199,8 @@ class MemoryDeliveries:
         return None
 
 
-#: Publishes one status event: key, value.
-Publish = Callable[[bytes, bytes], Awaitable[None]]
+#: Queues one status event (key, value) for the producer's next flush.
+Publish = Callable[[bytes, bytes], None]
 
 
 class DeliveryLog:
@@ -254,7 +251,7 @@ class DeliveryLog:
                 status=status,
                 created_at=now,
                 resend=resend,
-                email=dict(email),
+                email=email if isinstance(email, dict) else dict(email),
             )
         if position is not None and current.topic is None:
             current.topic, current.partition, current.offset = position
@@ -267,7 +264,7 @@ class DeliveryLog:
         except Exception as exc:
             log.error("delivery record not written", extra={"error": repr(exc)})
         if self.publish is not None:
-            await self.publish(user_id.encode(), self._status_event(current))
+            self.publish(user_id.encode(), self._status_event(current))
         return current
 
     async def flush(self) -> None:

@@ -16,9 +16,9 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from service.addresses import mask_address
 from service.config import Config
@@ -33,6 +33,7 @@ from service.mail.mailer import Mailer
 from service.mail.render import Renderer
 from service.mail.transport import SmtpPool
 from service.metrics import Metrics
+from service.outputs import Outputs
 from service.retries import request_from
 
 __all__ = ["MessagesError", "find_messages", "resend", "table"]
@@ -193,13 +194,17 @@ async def _mailer(config: Config) -> AsyncIterator[Mailer]:
         size=1,
     )
     producer: AIOKafkaProducer | None = None
+    outputs: Outputs | None = None
     log = DeliveryLog(store, show_addresses=config.log.show_addresses)
     try:
         await dedupe.open()
         if config.kafka.status_topic:
             producer = AIOKafkaProducer(**producer_options(config.kafka))
             await producer.start()
-            log.publish = _publisher(producer, config.kafka.status_topic)
+            outputs = Outputs(
+                producer, dlq_suffix=config.kafka.dlq_suffix, status_topic=config.kafka.status_topic
+            )
+            log.publish = outputs.status
         yield Mailer(
             renderer=Renderer(config.templates_dir, config.default_locale),
             transport=pool,
@@ -208,19 +213,18 @@ async def _mailer(config: Config) -> AsyncIterator[Mailer]:
             metrics=Metrics(),
             deliveries=log,
         )
+        await log.flush()
+        if outputs is not None:
+            try:
+                await outputs.flush()
+            except KafkaError as exc:
+                raise MessagesError(f"its status event was not written: {exc}") from None
     finally:
         await pool.close()
         if producer is not None:
             await producer.stop()
         await store.close()
         await dedupe.close()
-
-
-def _publisher(producer: AIOKafkaProducer, topic: str) -> Any:
-    async def publish(key: bytes, value: bytes) -> None:
-        await producer.send_and_wait(topic, value, key=key)
-
-    return publish
 
 
 def _time(at: float) -> str:

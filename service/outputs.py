@@ -27,7 +27,7 @@ from aiokafka.errors import (
 )
 
 from service.failures import OutputFailed
-from service.transactions import Transactions, current_source
+from service.transactions import Transactions, current_source, send_keyed
 
 __all__ = [
     "COMMAND_TYPE",
@@ -94,9 +94,9 @@ class Producer(Protocol):
 
     async def partitions_for(self, topic: str) -> Any: ...
 
-    async def send(
-        self, topic: str, value: bytes | None = None, key: bytes | None = None
-    ) -> Any: ...
+    def create_batch(self) -> Any: ...
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any: ...
 
 
 class Outputs:
@@ -118,7 +118,9 @@ class Outputs:
     ) -> None:
         self.producer = producer
         self.status_topic = status_topic
-        #: Status events written and not yet acknowledged: `flush` before a commit.
+        #: Status events queued (with the partition whose transaction they belong to),
+        #: and written but not yet acknowledged: `flush` before a commit.
+        self._statuses: list[tuple[Any, bytes, bytes]] = []
         self._unacked: list[asyncio.Future[Any]] = []
         self._status_known = True
         self._status_checked_at = -_STATUS_RECHECK_S
@@ -241,17 +243,13 @@ class Outputs:
         else:
             await self.transactions.send(source, topic, value, key, headers)
 
-    async def status(self, key: bytes, value: bytes) -> None:
-        """A delivery status event to `status_topic`, not waited for: the batch (or the
-        retry scheduler) flushes before it commits."""
-        if self.status_topic is None or not await self._status_topic_known():
-            return
-        source = current_source() if self.transactions is not None else None
-        if source is None or self.transactions is None:
-            future = await self.producer.send(self.status_topic, value, key=key)
-        else:
-            future = await self.transactions.enqueue(source, self.status_topic, value, key)
-        self._unacked.append(future)
+    def status(self, key: bytes, value: bytes) -> None:
+        """A delivery status event for `status_topic`, queued: `flush` writes the queued
+        ones (one record batch per partition, in the transaction of the record being
+        processed now) before the batch or the retry scheduler commits."""
+        if self.status_topic is not None:
+            source = current_source() if self.transactions is not None else None
+            self._statuses.append((source, key, value))
 
     async def _status_topic_known(self) -> bool:
         """Whether Kafka knows `status_topic`, asked at most once a minute: a status topic
@@ -276,7 +274,21 @@ class Outputs:
         return self._status_known
 
     async def flush(self) -> None:
-        """Until every status event written so far is acknowledged; raises if one failed."""
+        """Write the queued status events and wait until Kafka has acknowledged every one;
+        raises if one failed (the batch is then consumed again)."""
+        queued, self._statuses = self._statuses, []
+        if queued and self.status_topic is not None and await self._status_topic_known():
+            by_source: dict[Any, list[tuple[bytes, bytes]]] = {}
+            for source, key, value in queued:
+                by_source.setdefault(source, []).append((key, value))
+            for source, items in by_source.items():
+                if source is None or self.transactions is None:
+                    futures = await send_keyed(self.producer, self.status_topic, items)
+                else:
+                    futures = await self.transactions.enqueue_keyed(
+                        source, self.status_topic, items
+                    )
+                self._unacked.extend(futures)
         pending, self._unacked = self._unacked, []
         if pending:
             await asyncio.gather(*pending)

@@ -23,13 +23,14 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.partitioner import DefaultPartitioner
 
-__all__ = ["NotOwned", "Transactions", "consuming", "current_source"]
+__all__ = ["NotOwned", "Transactions", "consuming", "current_source", "send_keyed"]
 
 log = logging.getLogger("herald")
 
@@ -134,6 +135,15 @@ class Transactions:
             part.written = True
             return await part.producer.send(topic, value, key=key, headers=headers)
 
+    async def enqueue_keyed(
+        self, source: TopicPartition, topic: str, items: Sequence[tuple[bytes, bytes]]
+    ) -> list[Any]:
+        """Write keyed records in `source`'s open transaction (`send_keyed`)."""
+        part = await self._partition(source)
+        async with part.lock:
+            part.written = True
+            return await send_keyed(part.producer, topic, items)
+
     async def commit(
         self, offsets: Mapping[TopicPartition, Offset], consumer: Any
     ) -> set[TopicPartition]:
@@ -231,6 +241,29 @@ class Transactions:
         if self._partitions.get(tp) is part:
             del self._partitions[tp]
         await _close(part.producer)
+
+
+_PARTITIONER = DefaultPartitioner()
+
+
+async def send_keyed(producer: Any, topic: str, items: Sequence[tuple[bytes, bytes]]) -> list[Any]:
+    """Write (key, value) records to `topic`, partitioned by key as `send` would (murmur2),
+    as one record batch per partition instead of one `send` per record: a batch's worth
+    of status events costs a fraction of the CPU. Returns the broker's futures."""
+    partitions = sorted(await producer.partitions_for(topic))
+    batches: dict[int, list[Any]] = {}
+    futures = []
+    for key, value in items:
+        partition = _PARTITIONER(key, partitions, partitions)
+        builders = batches.setdefault(partition, [])
+        if not builders or builders[-1].append(key=key, value=value, timestamp=None) is None:
+            builders.append(producer.create_batch())
+            builders[-1].append(key=key, value=value, timestamp=None)  # a first one always fits
+    for partition, builders in batches.items():
+        for builder in builders:
+            builder.close()
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+    return futures
 
 
 async def _close(producer: AIOKafkaProducer) -> None:
