@@ -1,6 +1,6 @@
 """CPU cost of Herald's per-email pipeline, without Kafka and without an SMTP server.
 
-    python -m bench.pipeline_bench [--events 5000] [--runs 3] [--profile FILE]
+    python -m bench.pipeline_bench [--events 5000] [--runs 3] [--profile FILE] [--records]
 
 Builds the real pipeline the way `herald run` does (`compile_flows`, `FlowEngine`,
 `Mailer` with the shipped templates, SQLite dedupe store and rate limiter in a temporary
@@ -12,7 +12,8 @@ inflates it less than wall time) of each run, timed in blocks of 500 events: the
 block and the best block (the figure least disturbed by other work on a shared
 machine), and the median wall-clock µs per event (which also counts time the event
 loop spent blocked, e.g. in an fsync). Every run starts from a fresh database.
-`--profile` writes a cProfile of one more run.
+`--profile` writes a cProfile of one more run; `--records` adds delivery records (in the
+same SQLite file) and status events (counted), flushed every 50 events as a batch is.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from service.actions import compile_flows
 from service.config import parse_config
 from service.consumer import Processor
 from service.dedupe import SqliteDedupe
+from service.deliveries import DeliveryLog
+from service.delivery_stores import SqliteDeliveries
 from service.flows import FlowEngine
 from service.mail.mailer import Mailer
 from service.mail.render import Renderer
@@ -85,6 +88,12 @@ class FakeOutputs:
     async def dead_letter(self, record: Any, error: str, reason: str) -> str:
         raise AssertionError(f"dead letter in the benchmark: {error}: {reason}")
 
+    def status(self, key: bytes, value: bytes) -> None:
+        self.produced += 1
+
+    async def flush(self) -> None:
+        return None
+
 
 def _config(db: Path) -> Any:
     doc = {
@@ -120,10 +129,11 @@ def _records(run: str, n: int) -> list[FakeRecord]:
 
 
 BLOCK = 500
+FLUSH_EVERY = 50
 
 
 async def _one_run(
-    workdir: Path, run: str, n: int, profile: Path | None = None
+    workdir: Path, run: str, n: int, profile: Path | None = None, records: bool = False
 ) -> list[tuple[float, float]]:
     """(CPU, wall) µs per event of each block of `n` events through a fresh pipeline."""
     db = workdir / f"{run}.db"
@@ -140,8 +150,12 @@ async def _one_run(
         metrics=metrics,
         rate_limiter=limiter,
     )
-    engine = FlowEngine(cfg, compile_flows(cfg, mailer), metrics)
     outputs = FakeOutputs()
+    if records:  # delivery records in the same file, status events counted
+        mailer.deliveries = DeliveryLog(
+            SqliteDeliveries(db, cfg.dedupe.ttl_s), publish=outputs.status
+        )
+    engine = FlowEngine(cfg, compile_flows(cfg, mailer), metrics)
     processor = Processor(engine, outputs, metrics)  # type: ignore[arg-type]
     # Warm-up: compile the templates of both locales, fill the caches.
     for record in _records(f"{run}-warm", 50):
@@ -155,8 +169,10 @@ async def _one_run(
     for base in range(0, n, BLOCK):
         block = records[base : base + BLOCK]
         start, wall = time.process_time(), time.perf_counter()
-        for record in block:
+        for i, record in enumerate(block, 1):
             await processor.process(record)
+            if i % FLUSH_EVERY == 0:
+                await processor.flush()  # as a batch of the embedded broker's size does
         cpu_us = (time.process_time() - start) / len(block) * 1e6
         blocks.append((cpu_us, (time.perf_counter() - wall) / len(block) * 1e6))
     if profiler:
@@ -167,21 +183,23 @@ async def _one_run(
     if sent != n:
         raise AssertionError(f"{sent} of {n} emails sent")
     await limiter.close()
+    if mailer.deliveries is not None:
+        await mailer.deliveries.store.close()
     await dedupe.close()
     return blocks
 
 
-async def _run(n: int, runs: int, profile: Path | None) -> None:
+async def _run(n: int, runs: int, profile: Path | None, records: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         every: list[tuple[float, float]] = []
         for i in range(runs):
-            blocks = await _one_run(workdir, f"run{i}", n)
+            blocks = await _one_run(workdir, f"run{i}", n, records=records)
             every += blocks
             print(f"run {i + 1}: {_summary(blocks)}")
         print(f"all runs: {_summary(every)} ({runs} x {n} events)")
         if profile:
-            await _one_run(workdir, "profiled", n, profile)
+            await _one_run(workdir, "profiled", n, profile, records)
             print(f"profile written to {profile}")
 
 
@@ -200,9 +218,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000, help="events per run")
     parser.add_argument("--runs", type=int, default=3, help="runs (median reported)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of one more run")
+    parser.add_argument(
+        "--records", action="store_true", help="with delivery records and status events"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_run(args.events, args.runs, args.profile))
+    asyncio.run(_run(args.events, args.runs, args.profile, args.records))
 
 
 if __name__ == "__main__":

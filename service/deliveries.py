@@ -104,6 +104,7 @@ class Delivery:
 
     def public(self, show_addresses: bool) -> dict[str, Any]:
         """The record as `herald messages --json` and `GET /v1/messages` show it."""
+        updated = _iso(self.updated_at)
         return {
             "event_id": self.event_id,
             "action_id": self.action_id,
@@ -115,9 +116,9 @@ class Delivery:
             "attempts": self.attempts,
             "smtp_reply": self.smtp_reply,
             "message_id": self.message_id,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "next_attempt_at": _iso(self.next_attempt_at),
+            "created_at": updated if self.created_at == self.updated_at else _iso(self.created_at),
+            "updated_at": updated,
+            "next_attempt_at": _iso(self.next_attempt_at) if self.next_attempt_at else None,
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
@@ -291,7 +292,7 @@ class DeliveryLog:
                 "source": "herald",
                 "type": STATUS_TYPE,
                 "subject": d.user_id,
-                "time": _iso(d.updated_at),
+                "time": data["updated_at"],
                 "datacontenttype": "application/json",
                 "data": data,
             }
