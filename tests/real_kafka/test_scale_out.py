@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.harness import (
@@ -23,6 +24,7 @@ from tests.harness import (
 )
 from tests.services.kraft import KafkaCluster
 
+TOKEN = "scale-out-test-token-0123456789"
 EVENTS = 3000
 PARTITIONS = 12
 
@@ -110,10 +112,15 @@ async def test_three_instances_a_kill_and_a_fourth_deliver_every_email(
 async def test_two_instances_share_the_partitions_and_send_each_email_once(
     real_kafka: KafkaCluster, tmp_path: Path, redis_url: str
 ) -> None:
-    """No kill: a rebalance alone (the second instance joining) sends nothing twice."""
+    """No kill: a rebalance alone (the second instance joining) sends nothing twice; and
+    either instance answers `GET /v1/messages` for the emails the other one sent."""
     with SlowSMTP() as server:
         config = make_config(  # type: ignore[arg-type]
-            real_kafka, server, tmp_path, dedupe={"backend": "redis", "url": redis_url}
+            real_kafka,
+            server,
+            tmp_path,
+            dedupe={"backend": "redis", "url": redis_url},
+            http={"host": "127.0.0.1", "port": 0, "token": TOKEN},
         )
         path = config_file(config, tmp_path / "herald.yaml")
         first, second = HeraldProcess(path), HeraldProcess(path)
@@ -128,6 +135,12 @@ async def test_two_instances_share_the_partitions_and_send_each_email_once(
         await server.wait_for(len(batch), timeout=60)
         await asyncio.sleep(0.5)
         spread = [h.logged("partitions assigned")[-1]["partitions"] for h in (first, second)]
+        sample = batch[::20]
+        answers = {
+            (event["id"], n): await _statuses(herald, event["id"])
+            for event in sample
+            for n, herald in enumerate((first, second))
+        }
         assert await first.stop() == 0
         assert await second.stop() == 0
         counts = per_event(server)
@@ -135,3 +148,16 @@ async def test_two_instances_share_the_partitions_and_send_each_email_once(
     assert max(counts.values()) == 1
     assert spread == [2, 2]
     assert first.logged("event processed") and second.logged("event processed")
+    assert len(answers) == 2 * len(sample)
+    assert set(answers.values()) == {(200, ("sent",))}
+
+
+async def _statuses(herald: HeraldProcess, event_id: str) -> tuple[int, tuple[str, ...]]:
+    """`GET /v1/messages?event_id=` of one instance: the HTTP status and the records'."""
+    base = f"http://{herald.logged('http listening')[-1]['http']}"
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+        http.get(f"{base}/v1/messages", params={"event_id": event_id}) as response,
+    ):
+        body = await response.json()
+    return response.status, tuple(m["status"] for m in body.get("messages", []))
