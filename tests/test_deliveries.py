@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.dedupe import dedupe_key
 from service.deliveries import Delivery, DeliveryStore
 from service.delivery_stores import RedisDeliveries, open_deliveries
 
@@ -27,7 +28,7 @@ async def store(
 
 def _record(n: int, *, event: str, user: str, to: str, at: float) -> Delivery:
     return Delivery(
-        id=f"r{n}",
+        id=dedupe_key(event, "a", to),  # as the mailer makes them: the sqlite store relies on it
         event_id=event,
         action_id="a",
         template="welcome",
@@ -46,12 +47,15 @@ async def test_find_filters_and_orders_newest_first(store: DeliveryStore) -> Non
     await store.put(_record(1, event="e1", user="u1", to="Ada@herald.test", at=now - 3))
     await store.put(_record(2, event="e2", user="u1", to="bob@herald.test", at=now - 2))
     await store.put(_record(3, event="e3", user="u2", to="ada@herald.test", at=now - 1))
-    assert [d.id for d in await store.find(user_id="u1")] == ["r2", "r1"]
-    assert [d.id for d in await store.find(to="ADA@herald.test")] == ["r3", "r1"]
-    assert [d.id for d in await store.find(event_id="e2")] == ["r2"]
-    assert [d.id for d in await store.find()] == ["r3", "r2", "r1"]
-    assert [d.id for d in await store.find(limit=1)] == ["r3"]
+    await store.put(_record(4, event="e22", user="u3", to="cy@herald.test", at=now))
+    assert [d.event_id for d in await store.find(user_id="u1")] == ["e2", "e1"]
+    assert [d.event_id for d in await store.find(to="ADA@herald.test")] == ["e3", "e1"]
+    assert [d.event_id for d in await store.find(event_id="e2")] == ["e2"]
+    assert [d.event_id for d in await store.find(event_id="e22")] == ["e22"]
+    assert [d.event_id for d in await store.find()] == ["e22", "e3", "e2", "e1"]
+    assert [d.event_id for d in await store.find(limit=1)] == ["e22"]
     assert await store.find(event_id="nope") == []
+    assert await store.find(event_id="e") == []
 
 
 async def test_an_update_replaces_the_record_and_moves_it_up(store: DeliveryStore) -> None:
@@ -63,8 +67,11 @@ async def test_an_update_replaces_the_record_and_moves_it_up(store: DeliveryStor
     first.status, first.updated_at, first.attempts = "sent", now, 2
     await store.put(first)
     found = await store.find(user_id="u1")
-    assert [(d.id, d.status, d.attempts) for d in found] == [("r1", "sent", 2), ("r2", "sent", 1)]
-    got = await store.get("r1")
+    assert [(d.event_id, d.status, d.attempts) for d in found] == [
+        ("e1", "sent", 2),
+        ("e2", "sent", 1),
+    ]
+    got = await store.get(first.id)
     assert got is not None and got.email == {"template": "welcome"}
 
 
