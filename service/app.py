@@ -119,7 +119,14 @@ class Herald:
         self.runner: BatchRunner | None = None
         self.retrier: Retrier | None = None
         self.scheduler: RetryScheduler | None = None
-        self.http = HttpServer(self)
+        self.http = HttpServer(
+            config.http,
+            ready=self.ready,
+            metrics=self.metrics.render,
+            decider=lambda: self.processor,
+            records=lambda: self.deliveries.store if self.deliveries else None,
+            show_addresses=lambda: self.config.log.show_addresses,
+        )
 
     async def start(self) -> None:
         """Open every resource, then start consuming."""

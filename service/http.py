@@ -1,4 +1,5 @@
-"""HTTP endpoints (SPEC §8): liveness, readiness, Prometheus metrics, the decision webhook.
+"""HTTP endpoints (README: HTTP endpoints): liveness, readiness, Prometheus metrics, the
+decision webhook, the delivery records.
 
 What keeps the webhook from being abused by whoever can reach the port:
 
@@ -22,21 +23,20 @@ import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
+from service.config import HttpConfig
 from service.dedupe import DedupeUnavailable
-from service.events import MAX_EVENT_BYTES, MalformedEvent, validate_envelope
+from service.deliveries import DeliveryStore
+from service.events import MAX_EVENT_BYTES, Event, MalformedEvent, validate_envelope
 from service.triggers import TRIGGERS, Trigger
 
-if TYPE_CHECKING:
-    from service.app import Herald
-
-__all__ = ["HEADER_TIMEOUT_S", "HttpServer"]
+__all__ = ["HEADER_TIMEOUT_S", "Decider", "HttpServer"]
 
 HEADER_TIMEOUT_S = 10.0
 _READY_CACHE_S = 1.0
@@ -46,11 +46,36 @@ _MESSAGES_MAX = 1000
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class HttpServer:
-    """An aiohttp server bound to `http.host:http.port` for one Herald instance."""
+class Decider(Protocol):
+    """What answers a synchronous trigger (service/consumer.py's Processor)."""
 
-    def __init__(self, herald: Herald) -> None:
-        self.herald = herald
+    async def decide(self, event: Event) -> dict[str, Any]: ...
+
+
+class HttpServer:
+    """An aiohttp server bound to `http.host:http.port` for one Herald instance.
+
+    It is given what it serves, each asked for at request time (they exist only once
+    Herald has started, and a reload may change them): `ready` checks the dependencies,
+    `metrics` renders the Prometheus text, `decider` answers the webhook, `records` holds
+    the delivery records, `show_addresses` says whether they are shown unmasked."""
+
+    def __init__(
+        self,
+        config: HttpConfig,
+        *,
+        ready: Callable[[], Awaitable[tuple[bool, dict[str, bool]]]],
+        metrics: Callable[[], bytes],
+        decider: Callable[[], Decider | None],
+        records: Callable[[], DeliveryStore | None],
+        show_addresses: Callable[[], bool],
+    ) -> None:
+        self.config = config
+        self._check_ready = ready
+        self._render_metrics = metrics
+        self._decider = decider
+        self._records = records
+        self._show_addresses = show_addresses
         self.app = web.Application(client_max_size=MAX_EVENT_BYTES, middlewares=[self._auth])
         self.app.add_routes(
             [
@@ -70,7 +95,7 @@ class HttpServer:
 
     async def start(self) -> None:
         """Bind and serve; `address` tells where (port 0 picks a free one)."""
-        cfg = self.herald.config.http
+        cfg = self.config
         self._token = cfg.token
         self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=HEADER_TIMEOUT_S)
         await self._runner.setup()
@@ -106,14 +131,14 @@ class HttpServer:
         # Only a positive answer is cached: a probe that just failed is repeated, so
         # readiness turns true as soon as the dependency is back.
         if not ok or time.monotonic() - checked_at > _READY_CACHE_S:
-            ok, checks = await self.herald.ready()
+            ok, checks = await self._check_ready()
             self._ready = (time.monotonic(), ok, checks)
         return web.json_response(
             {"status": "ready" if ok else "not ready", **checks}, status=200 if ok else 503
         )
 
     async def metrics(self, _: web.Request) -> web.Response:
-        body = self.herald.metrics.render()
+        body = self._render_metrics()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def decide(self, request: web.Request) -> web.Response:
@@ -127,8 +152,8 @@ class HttpServer:
             return await self._decide(trigger, request)
 
     async def _decide(self, trigger: Trigger, request: web.Request) -> web.Response:
-        processor = self.herald.processor
-        if processor is None:
+        decider = self._decider()
+        if decider is None:
             return _error(503, "not started")
         try:
             event = validate_envelope(orjson.loads(await request.read()))
@@ -138,20 +163,18 @@ class HttpServer:
             return _error(400, str(exc))
         if event is None or event.trigger is not trigger:
             return _error(400, f"event type does not match trigger {trigger.name!r}")
-        return web.json_response(await processor.decide(event), dumps=_dumps)
-
-
+        return web.json_response(await decider.decide(event), dumps=_dumps)
     async def messages(self, request: web.Request) -> web.Response:
         """The delivery records matching `event_id`, `user_id`, `to`, newest first."""
-        deliveries = self.herald.deliveries
-        if deliveries is None:
+        records = self._records()
+        if records is None:
             return _error(503, "not started")
         query = request.query
         raw_limit = query.get("limit", str(_MESSAGES_LIMIT))
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= _MESSAGES_MAX:
             return _error(400, f"limit must be a number from 1 to {_MESSAGES_MAX}")
         try:
-            found = await deliveries.store.find(
+            found = await records.find(
                 event_id=query.get("event_id") or None,
                 user_id=query.get("user_id") or None,
                 to=query.get("to") or None,
@@ -159,7 +182,7 @@ class HttpServer:
             )
         except DedupeUnavailable as exc:
             return _error(503, str(exc))
-        show = self.herald.config.log.show_addresses
+        show = self._show_addresses()
         return web.json_response({"messages": [d.public(show) for d in found]}, dumps=_dumps)
 
 
