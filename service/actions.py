@@ -14,9 +14,10 @@ from service.config import (
     SetMetadataAction,
 )
 from service.failures import ActionFailed, EmailDeferred, EmailFailed
-from service.flows import ActionFn, CompiledAction, RunContext, expression_env
+from service.flows import ActionFn, CompiledAction, RunContext
 from service.mail.mailer import EmailRequest, Mailer
 from service.mail.render import template_context
+from service.sandbox import expression_env
 
 __all__ = ["compile_flows"]
 

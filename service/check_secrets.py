@@ -22,10 +22,10 @@ from typing import Any
 
 from jinja2 import TemplateSyntaxError, nodes
 from jinja2.parser import Parser
-from jinja2.sandbox import SandboxedEnvironment
 
 from service.config import Config, SendEmailAction
 from service.mail.render import Renderer
+from service.sandbox import sandbox
 
 __all__ = ["secret_problems"]
 
@@ -78,7 +78,7 @@ def _undefined(path: str, refs: Refs, defined: set[str]) -> list[str]:
 
 
 def _expression_problems(config: Config, defined: set[str]) -> Iterator[str]:
-    env = SandboxedEnvironment()
+    env = sandbox()
     for trigger, actions in config.flows.items():
         for index, action in enumerate(actions):
             for key in ("when", "to"):

@@ -20,7 +20,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from jinja2 import TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -42,6 +41,7 @@ from service.config_yaml import (
     format_path,
     validation_problems,
 )
+from service.sandbox import sandbox
 from service.triggers import ACTIONS, TRIGGERS
 
 __all__ = [
@@ -102,7 +102,7 @@ def _check_expression(value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        SandboxedEnvironment().compile_expression(value)
+        sandbox().compile_expression(value)
     except TemplateSyntaxError as exc:
         raise ValueError(f"invalid Jinja2 expression: {exc.message}") from None
     return value

@@ -8,14 +8,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import ChainableUndefined
-from jinja2.sandbox import SandboxedEnvironment
 from prometheus_client import Counter
 
 from service.config import BaseAction, Config
 from service.events import Event
 from service.failures import ActionFailed, Outage
-from service.mail.render import FlatGlobals
 from service.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -28,7 +25,6 @@ __all__ = [
     "LabelledCounter",
     "RunContext",
     "event_view",
-    "expression_env",
     "redact",
 ]
 
@@ -127,15 +123,6 @@ class CompiledAction:
     config: BaseAction
     run: ActionFn
     when: Callable[..., Any] | None
-
-
-class _ExpressionEnvironment(FlatGlobals, SandboxedEnvironment):
-    """The sandbox, with plain-dict template globals: each evaluation builds a context."""
-
-
-def expression_env() -> SandboxedEnvironment:
-    """The sandbox that evaluates `when` and `to`: missing fields are falsy, not errors."""
-    return _ExpressionEnvironment(undefined=ChainableUndefined)
 
 
 def event_view(event: Event, secrets: Mapping[str, str]) -> dict[str, Any]:

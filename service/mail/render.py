@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -21,11 +21,11 @@ from typing import Any
 
 import jinja2
 from jinja2 import TemplateNotFound, TemplateSyntaxError, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from service.sandbox import sandbox
 
 __all__ = [
     "PARTS",
-    "FlatGlobals",
     "Rendered",
     "Renderer",
     "TemplateError",
@@ -126,26 +126,6 @@ def http_url(value: Any) -> str:
     return url if url.lower().startswith(("https://", "http://")) else ""
 
 
-class FlatGlobals:
-    """Jinja environment mixin: each template's globals flattened into a plain dict.
-
-    Jinja layers a template's globals over the environment's in a `ChainMap`, so that
-    globals changed after loading still show; every render copies that map and every
-    `{% from … import … %}` diffs its keys, in Python, per email. Herald sets its globals
-    once, before any template loads (as Jinja's documentation asks), so a dict built at
-    load time holds the same names and values and costs a C-level copy.
-    """
-
-    globals: dict[str, Any]
-
-    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
-        return {**self.globals, **(d or {})}
-
-
-class _Environment(FlatGlobals, ImmutableSandboxedEnvironment):
-    """The immutable sandbox (templates may read event data, never call into or mutate it)."""
-
-
 class Renderer:
     """Renders `templates_dir/<name>/` in the locale closest to the user's."""
 
@@ -156,7 +136,10 @@ class Renderer:
         self.default_locale = normalize_locale(default_locale) or default_locale
         self._escaped = jinja2.select_autoescape(("html.j2", "html"), default_for_string=False)
         # Immutable sandbox: templates may read event data but never call into or mutate it.
-        self.env = _Environment(
+        self.env = sandbox(
+            immutable=True,
+            flat_globals=True,
+            filters={"datetime": format_datetime, "http_url": http_url},
             loader=jinja2.FileSystemLoader(self.templates_dir),
             autoescape=self._escaped,
             undefined=jinja2.ChainableUndefined,  # a missing optional field renders as ""
@@ -166,7 +149,6 @@ class Renderer:
             cache_size=-1,  # unbounded: every file compiles once, until reload()
             auto_reload=auto_reload,
         )
-        self.env.filters.update(datetime=format_datetime, http_url=http_url)
         self._variants: dict[str, dict[str, str]] = {}
         self._files: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
         self._resolved: dict[tuple[str, str | None], tuple[str, dict[str, str]]] = {}

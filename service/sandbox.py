@@ -1,0 +1,76 @@
+"""The one place Herald builds a Jinja2 sandbox.
+
+Every Jinja environment Herald uses is a sandbox made by `sandbox()`; the callers differ
+only in the settings they pass:
+
+- config validation (`service.config`) and the secrets check (`service.checks.secrets`)
+  parse expressions in a plain mutable sandbox, Jinja's defaults;
+- flows (`expression_env` in `service.actions`) evaluate `when` and `to` in a mutable
+  sandbox with flat globals where a missing field is falsy (`ChainableUndefined`);
+- email templates (`service.mail.render`) render in the immutable sandbox (templates may
+  read event data, never call into or mutate it), with flat globals and Herald's filters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+
+from jinja2 import ChainableUndefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
+
+__all__ = ["FlatGlobals", "expression_env", "sandbox"]
+
+
+class FlatGlobals:
+    """Jinja environment mixin: each template's globals flattened into a plain dict.
+
+    Jinja layers a template's globals over the environment's in a `ChainMap`, so that
+    globals changed after loading still show; every render copies that map and every
+    `{% from … import … %}` diffs its keys, in Python, per email. Herald sets its globals
+    once, before any template loads (as Jinja's documentation asks), so a dict built at
+    load time holds the same names and values and costs a C-level copy.
+    """
+
+    globals: dict[str, Any]
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        return {**self.globals, **(d or {})}
+
+
+class _FlatSandbox(FlatGlobals, SandboxedEnvironment):
+    """The sandbox, with plain-dict template globals: each evaluation builds a context."""
+
+
+class _FlatImmutableSandbox(FlatGlobals, ImmutableSandboxedEnvironment):
+    """The immutable sandbox (templates may read event data, never call into or mutate it)."""
+
+
+_CLASSES: dict[tuple[bool, bool], type[SandboxedEnvironment]] = {
+    (False, False): SandboxedEnvironment,
+    (False, True): _FlatSandbox,
+    (True, False): ImmutableSandboxedEnvironment,
+    (True, True): _FlatImmutableSandbox,
+}
+
+
+def sandbox(
+    *,
+    immutable: bool = False,
+    flat_globals: bool = False,
+    filters: Mapping[str, Callable[..., Any]] | None = None,
+    **options: Any,
+) -> SandboxedEnvironment:
+    """A Jinja sandbox: immutable or not, with `FlatGlobals` or not, plus `filters`.
+
+    `options` go to the environment as they are (`undefined`, `loader`, `autoescape`, …).
+    """
+    env = _CLASSES[immutable, flat_globals](**options)
+    if filters:
+        env.filters.update(filters)
+    return env
+
+
+def expression_env() -> SandboxedEnvironment:
+    """The sandbox that evaluates `when` and `to`: missing fields are falsy, not errors."""
+    return sandbox(flat_globals=True, undefined=ChainableUndefined)
