@@ -27,7 +27,6 @@ from tenacity import (
 )
 
 from service.actions import compile_flows
-from service.batches import BATCH_BUDGET_S, BatchRunner
 from service.checks import check_config
 from service.config import Config, ConfigError, load_config
 from service.consumer import Processor
@@ -47,15 +46,16 @@ from service.kafka import (
     quiet_bootstrap_errors,
     retry_consumer,
 )
+from service.kafka.batches import BATCH_BUDGET_S, BatchRunner
+from service.kafka.outputs import Outputs
+from service.kafka.transactions import Transactions
 from service.mail.mailer import Mailer
 from service.mail.render import Renderer
 from service.mail.transport import SmtpPool
 from service.metrics import Metrics
-from service.outputs import Outputs
 from service.ratelimit import RateLimiter, open_rate_limiter
 from service.retries import Retrier, RetryScheduler
 from service.retry import RetryPolicy
-from service.transactions import Transactions
 
 __all__ = ["Herald"]
 

@@ -304,7 +304,7 @@ def _preview(args: argparse.Namespace) -> None:
 
 
 def _publish(args: argparse.Namespace) -> None:
-    from service.publish import publish_files
+    from service.kafka.publish import publish_files
 
     config = _load(args)
     topic = args.topic or config.kafka.topics[0]
@@ -334,7 +334,7 @@ def _quiet_kafka_client() -> None:
 
 
 def _dlq_replay(args: argparse.Namespace) -> None:
-    from service.dlq import dlq_topic_for, replay
+    from service.kafka.dlq import dlq_topic_for, replay
 
     config = _load(args)
     _quiet_kafka_client()
@@ -366,7 +366,7 @@ def _topics_create(args: argparse.Namespace) -> None:
     topics asked for (with their settings) were not made, and a script that runs this
     before `herald run` should stop at a broker that is not the one it meant.
     """
-    from service.topics import Status, TopicsError, create_topics
+    from service.kafka.topics import Status, TopicsError, create_topics
 
     config = _load(args)
     _quiet_kafka_client()
@@ -396,7 +396,7 @@ def _topics_create(args: argparse.Namespace) -> None:
 
 
 def _asyncapi(args: argparse.Namespace) -> None:
-    from service.asyncapi import render_document
+    from service.kafka.asyncapi import render_document
 
     text = render_document(_load(args))
     if not args.output:

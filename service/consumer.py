@@ -17,12 +17,12 @@ from service.addresses import mask_address
 from service.deliveries import from_event_position
 from service.events import Event, MalformedEvent, parse_cloudevent, present_headers
 from service.failures import ActionFailed, Outage, OutputFailed
-from service.flows import FlowEngine, FlowResult, LabelledCounter
+from service.flows import FlowEngine, FlowResult
+from service.kafka.outputs import Outputs, Record
+from service.kafka.transactions import consuming
 from service.logs import mask_addresses
-from service.metrics import Metrics
-from service.outputs import Outputs, Record
+from service.metrics import LabelledCounter, Metrics
 from service.retries import Retrier
-from service.transactions import consuming
 
 __all__ = ["Processor"]
 

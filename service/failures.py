@@ -34,7 +34,7 @@ Where each is decided, once per dependency:
 - The dedupe store: `service.dedupe.redis_call` raises `DedupeUnavailable`; `Mailer`
   turns it into `StoreUnavailable`.
 - Kafka: `service.kafka.diagnose` maps client errors into `KafkaUnavailable`, for the
-  connection loop of `herald run` and for the CLI. Producing, `service.outputs` raises
+  connection loop of `herald run` and for the CLI. Producing, `service.kafka.outputs` raises
   `OutputFailed` for a fault of the one record; any other Kafka error (a dead letter
   that cannot be written among them) propagates and the batch is rewound.
 - Input: `service.events` is the one place that decides "malformed".
@@ -107,3 +107,13 @@ class OutputFailed(Permanent):
 
     def __init__(self, reason: str) -> None:
         super().__init__("OutputFailed", reason)
+
+
+class KafkaUnavailable(ConnectionError):
+    """Kafka cannot be used now: `str()` is one line for the operator (never a secret),
+    `kind` a stable tag (`authentication_failed`, `tls_untrusted`, `tls_failed`,
+    `sasl_mechanism`, `unreachable`, `kafka_error`, `ssl_cafile`)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -29,11 +29,11 @@ from service.events import Event, MalformedEvent
 from service.failures import EmailDeferred, EmailFailed, Outage
 from service.formats import parser_for
 from service.kafka import consumer_options, producer_options
+from service.kafka.outputs import Outputs
 from service.mail.mailer import Mailer
 from service.mail.render import Renderer
 from service.mail.transport import SmtpPool
 from service.metrics import Metrics
-from service.outputs import Outputs
 from service.retries import request_from
 
 __all__ = ["MessagesError", "find_messages", "resend", "table"]

@@ -48,13 +48,13 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from service.events import Event, MalformedEvent
 from service.failures import EmailDeferred, EmailFailed, Outage, OutputFailed
 from service.flows import event_view
+from service.kafka.outputs import Outputs, Record
+from service.kafka.transactions import Transactions, consuming
 from service.mail.mailer import EmailRequest, Mailer
 from service.mail.render import template_context
 from service.metrics import Metrics
 from service.offsets import decode_done, encode_done
-from service.outputs import Outputs, Record
 from service.retry import RetryPolicy
-from service.transactions import Transactions, consuming
 
 __all__ = [
     "MalformedRetry",

@@ -14,7 +14,7 @@ import yaml
 from service.config import Config
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
-from service.outputs import COMMAND_TYPE, command_id
+from service.kafka.outputs import COMMAND_TYPE, command_id
 from tests.harness import (
     ROOT,
     Kafka,

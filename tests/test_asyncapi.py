@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from service.asyncapi import build_document, render_document
 from service.cli import main
 from service.config import Config, load_config
+from service.kafka.asyncapi import build_document, render_document
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "docs" / "asyncapi.json"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from service.config import ConfigError, load_config
-from service.topics import Cluster, plan_topics
+from service.kafka.topics import Cluster, plan_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")

@@ -14,7 +14,7 @@ from service.cli import main
 from service.config import Config
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
-from service.dlq import dlq_topic_for, replay
+from service.kafka.dlq import dlq_topic_for, replay
 from tests.harness import Kafka, load_example, make_config, running, unique
 
 pytestmark = pytest.mark.integration

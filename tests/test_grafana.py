@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
-from service.lag import update_lag
+from service.kafka.lag import update_lag
 from service.metrics import Metrics
 from tests.harness import (
     ROOT,

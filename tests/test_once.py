@@ -22,12 +22,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from faststream.kafka import KafkaMessage
 
-from service.batches import BatchRunner
 from service.cli import main
 from service.config import Config
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
 from service.kafka import declare_subscriber, new_broker
+from service.kafka.batches import BatchRunner
 from tests.harness import (
     Kafka,
     config_file,
@@ -255,7 +255,7 @@ async def test_3_faststream_batch_nack_rewinds_every_partition(
     """FastStream's batch nack on Herald's subscriber (service/kafka.py), against the
     embedded broker: a batch of two partitions, nacked, comes back from the first offset
     of each partition. FastStream < 0.7.8 rewound only the first record's partition;
-    pyproject.toml pins >= 0.7.8 (service/batches.py now seeks each partition itself)."""
+    pyproject.toml pins >= 0.7.8 (service/kafka/batches.py now seeks each partition itself)."""
     topic = unique("nack2p")
     kafka.create_topic(topic, 2)
     config = on_topic(make_config(kafka, smtp, tmp_path), topic)

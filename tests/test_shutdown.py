@@ -12,9 +12,9 @@ from aiokafka import TopicPartition
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from service.app import DRAIN_S
-from service.batches import Progress
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
+from service.kafka.batches import Progress
 from tests.harness import (
     HeraldProcess,
     Kafka,

@@ -12,7 +12,7 @@ import yaml
 
 from service.config import KafkaConfig, RetryConfig, parse_config
 from service.devtools.broker import EmbeddedKafka
-from service.topics import (
+from service.kafka.topics import (
     DAY_MS,
     Cluster,
     Status,

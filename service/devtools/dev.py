@@ -23,9 +23,9 @@ from service.config import Config
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.console import ConsoleHandler, command_line, decision_line
 from service.devtools.smtp import CapturedMessage, CaptureSMTP, summary_line
+from service.kafka.publish import publish_files
 from service.logs import setup_logging
 from service.preview import DEFAULT_PORT, PreviewServer
-from service.publish import publish_files
 
 __all__ = ["dev_config", "run_dev"]
 

@@ -30,10 +30,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from service.consumer import Processor
 from service.failures import Outage
-from service.lag import update_lag
+from service.kafka.lag import update_lag
+from service.kafka.outputs import Record
+from service.kafka.transactions import Transactions
 from service.metrics import Metrics
-from service.outputs import Record
-from service.transactions import Transactions
 
 __all__ = ["BATCH_BUDGET_S", "BatchRunner", "Message", "Progress"]
 

@@ -3,7 +3,7 @@
 Computed from what the consumer already knows, with no request to Kafka: the end offset
 (the high watermark) comes with every fetch response, the position is where the next
 record handed to Herald starts (after a rewind, the record consumed again). Updated
-after every batch (service/batches.py); a series exists exactly for the partitions
+after every batch (service/kafka/batches.py); a series exists exactly for the partitions
 assigned at that moment whose end and position are known, so a revoked partition's
 series is removed and a reassigned one's set again once it was fetched.
 """

@@ -14,7 +14,7 @@ there too, and a batch that wrote nothing (emails only, without status events) p
 transaction round trips.
 
 Outputs reach the right transaction through `consuming(tp)`, set while a record of `tp`
-is processed (service/outputs.py reads it).
+is processed (service/kafka/outputs.py reads it).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from aiokafka.errors import (
 )
 
 from service.failures import OutputFailed
-from service.transactions import Transactions, current_source, send_keyed
+from service.kafka.transactions import Transactions, current_source, send_keyed
 
 __all__ = [
     "COMMAND_TYPE",
@@ -314,7 +314,6 @@ class Outputs:
         except TimeoutError:
             waited = f"retried for {self.reply_topic_wait_s:g} s"
             raise OutputFailed(f"reply_to topic {topic!r} is {refused} ({waited})") from None
-
 
     async def retry(self, original: Record, headers: list[tuple[str, bytes]]) -> str:
         """An email's next attempt → `<input topic><retry_suffix>`: the original record's

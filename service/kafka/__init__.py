@@ -1,0 +1,34 @@
+"""Everything that imports aiokafka or FastStream: client settings (`options`), the broker
+and subscriber (`subscriber`), what a batch's records come to (`batches`), what Herald
+writes (`outputs`, `transactions`), dead-letter replay (`dlq`), `herald publish`,
+`herald topics` and the AsyncAPI document. The core sees small protocols only."""
+
+from service.kafka.errors import KafkaUnavailable, diagnose, quiet_bootstrap_errors
+from service.kafka.options import (
+    consumer_options,
+    isolation_level,
+    producer_options,
+    security,
+)
+from service.kafka.subscriber import (
+    GRACEFUL_TIMEOUT_S,
+    committed_metadata,
+    declare_subscriber,
+    new_broker,
+    retry_consumer,
+)
+
+__all__ = [
+    "GRACEFUL_TIMEOUT_S",
+    "KafkaUnavailable",
+    "committed_metadata",
+    "consumer_options",
+    "declare_subscriber",
+    "diagnose",
+    "isolation_level",
+    "new_broker",
+    "producer_options",
+    "quiet_bootstrap_errors",
+    "retry_consumer",
+    "security",
+]
