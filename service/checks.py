@@ -34,7 +34,7 @@ from service.config import (
     SendEmailAction,
     load_config,
 )
-from service.config_partial import partial_config
+from service.config.partial import partial_config
 from service.mail.render import PARTS, Renderer
 
 __all__ = ["check_config", "check_file"]

@@ -18,6 +18,7 @@ from service.deliveries import from_event_position
 from service.events import Event, MalformedEvent, parse_cloudevent, present_headers
 from service.failures import ActionFailed, Outage, OutputFailed
 from service.flows import FlowEngine, FlowResult
+from service.formats import Parser
 from service.kafka.outputs import Outputs, Record
 from service.kafka.transactions import consuming
 from service.logs import mask_addresses
@@ -30,9 +31,6 @@ log = logging.getLogger("herald.events")
 
 PRE_REGISTRATION = "pre-user-registration"
 _OUTPUT_HEADERS = frozenset({"reply_to", "correlation_id"})
-
-#: Turns a record's value and headers into an Event, None (skip) or MalformedEvent.
-Parser = Callable[[bytes | None, Sequence[tuple[str, bytes]]], Event | None]
 
 
 def _nothing(record: Record) -> None:

@@ -14,6 +14,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "Event",
     "MalformedEvent",
+    "decode_value",
     "parse_cloudevent",
     "present_headers",
     "validate_envelope",
@@ -65,11 +66,7 @@ def parse_cloudevent(
     Returns None for a well-formed event of a type Herald has no trigger for (skipped,
     not dead-lettered); raises MalformedEvent for anything that cannot be processed.
     """
-    if value is None:
-        raise MalformedEvent("record has no value")
-    if len(value) > MAX_EVENT_BYTES:
-        raise MalformedEvent(f"value is {len(value)} bytes, over the 1 MiB limit")
-    body = _loads(value)
+    body = decode_value(value)
     attributes = _binary_attributes(present_headers(headers))
     envelope = {**attributes, "data": body} if attributes else body
     return validate_envelope(envelope)
@@ -91,7 +88,12 @@ def validate_envelope(envelope: Any) -> Event | None:
     return Event(trigger=trigger, envelope=envelope)
 
 
-def _loads(value: bytes) -> Any:
+def decode_value(value: bytes | None) -> Any:
+    """A record's value as JSON; MalformedEvent if it is absent, over 1 MiB or not JSON."""
+    if value is None:
+        raise MalformedEvent("record has no value")
+    if len(value) > MAX_EVENT_BYTES:
+        raise MalformedEvent(f"value is {len(value)} bytes, over the 1 MiB limit")
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError as exc:

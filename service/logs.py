@@ -20,7 +20,7 @@ _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 
 def mask_addresses(text: str) -> str:
     """Mask every address inside free text, such as an SMTP reply quoting the recipient."""
-    return _ADDRESS.sub(r"\1***@\2", text)
+    return _ADDRESS.sub(lambda found: mask_address(found[0]), text)
 
 
 class JsonFormatter(logging.Formatter):

@@ -17,6 +17,7 @@ from service.config import ConfigError, parse_config
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
 from service.formats._common import email_or_none
+from service.logs import mask_addresses
 from service.mail.smtp_session import Envelope
 from tests.harness import ROOT, Kafka, load_example, make_config, running
 
@@ -199,3 +200,16 @@ async def test_an_envelope_attribute_named_user_does_not_redirect_mail(
         [received] = await smtp.wait_for(1)
     assert received.rcpt_tos == ["ada@herald.test"]
     assert "mallory" not in received.message.as_string().lower()
+
+
+def test_addresses_in_free_text_are_masked_as_mask_address_masks_one() -> None:
+    reply = "550 5.1.1 <ada.lovelace@example.com>: unknown user; cc grace@mail.example.org"
+    expected = (
+        f"550 5.1.1 <{mask_address('ada.lovelace@example.com')}>: unknown user; "
+        f"cc {mask_address('grace@mail.example.org')}"
+    )
+    assert (
+        mask_addresses(reply)
+        == expected
+        == ("550 5.1.1 <a***@example.com>: unknown user; cc g***@mail.example.org")
+    )

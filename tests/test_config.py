@@ -21,6 +21,7 @@ from service.config import (
     parse_config,
     resolve_config_path,
 )
+from service.mail.render import normalize_locale
 from service.triggers import TRIGGERS
 from tests.harness import KUBERNETES
 
@@ -551,3 +552,16 @@ def test_location_of_keys_for_later_checks() -> None:
     copy = config.model_copy(update={"default_locale": "de"})
     assert copy.location("smtp", "port") == "herald.yaml:2"
     assert Config().location("smtp") == "<config>:1"
+
+
+@pytest.mark.parametrize("locale", ["de", "pt_BR", "zh-Hant-TW", "en-US-u-ca-gregory"])
+def test_default_locale_is_a_tag_by_the_renderers_rule(locale: str) -> None:
+    assert parse_config(f"default_locale: {locale}\n", "c.yaml", {}).default_locale == locale
+    assert normalize_locale(locale) is not None
+
+
+@pytest.mark.parametrize("locale", ["d", "../de", "de-aaaaaaaa-aaaaaaaa-aaaaaaaa-aaaaaaaa"])
+def test_default_locale_that_is_no_tag_is_refused(locale: str) -> None:
+    with pytest.raises(ConfigError, match=r"c\.yaml:1: default_locale: "):
+        parse_config(f"default_locale: {locale}\n", "c.yaml", {})
+    assert normalize_locale(locale) is None

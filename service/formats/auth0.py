@@ -1,4 +1,6 @@
-"""Auth0 log events, as log streams deliver them, mapped to CloudEvents (SPEC §5).
+"""Auth0 log events, as log streams deliver them, mapped to CloudEvents.
+
+The README's "Auth0 log streams and Keycloak events" says what is kept.
 
 Accepted shapes: the bare log event (`{"log_id", "type", "date", "user_id", …}`), the
 `{"log_id", "data": {…}}` wrapper of HTTP and EventBridge streams, and a whole
@@ -15,25 +17,26 @@ from typing import Any
 
 from service.events import MalformedEvent
 from service.formats._common import (
+    LOGIN_FAILED,
     compact,
     email_or_none,
+    envelope,
     mapping,
+    no_user,
     provider_parser,
     text,
 )
 
 __all__ = ["EVENT_TYPES", "parse", "to_envelope"]
 
-_LOGIN_FAILED = "identity.user.login_failed"
-
-#: Auth0 log event type codes → CloudEvents types (SPEC §2); other codes are skipped.
+#: Auth0 log event type codes → CloudEvents types (README, "Events"); other codes are skipped.
 EVENT_TYPES: dict[str, str] = {
     "ss": "identity.user.registered",  # successful signup
     "scp": "identity.user.password_changed",  # successful change password
     "s": "identity.user.logged_in",  # successful login
-    "f": _LOGIN_FAILED,  # failed login
-    "fp": _LOGIN_FAILED,  # failed login: incorrect password
-    "fu": _LOGIN_FAILED,  # failed login: invalid email or username
+    "f": LOGIN_FAILED,  # failed login
+    "fp": LOGIN_FAILED,  # failed login: incorrect password
+    "fu": LOGIN_FAILED,  # failed login: invalid email or username
 }
 
 
@@ -48,20 +51,16 @@ def to_envelope(payload: dict[str, Any]) -> dict[str, Any] | None:
         raise MalformedEvent(f"Auth0 log event {log['type']!r} has no 'log_id'")
     user_id = text(log, "user_id")
     if user_id is None:
-        if ce_type == _LOGIN_FAILED:
-            return None  # a failed login for an unknown user: no account to act for
-        raise MalformedEvent(f"Auth0 log event {log['type']!r} has no 'user_id'")
-    envelope = {
-        "specversion": "1.0",
-        "id": log_id,
-        "source": f"auth0:{tenant}" if (tenant := text(log, "tenant_name")) else "auth0",
-        "type": ce_type,
-        "time": text(log, "date"),
-        "subject": user_id,
-        "datacontenttype": "application/json",
-        "data": _data(log, user_id),
-    }
-    return compact(envelope)
+        no_user(ce_type, f"Auth0 log event {log['type']!r} has no 'user_id'")
+        return None
+    return envelope(
+        event_id=log_id,
+        source=f"auth0:{tenant}" if (tenant := text(log, "tenant_name")) else "auth0",
+        ce_type=ce_type,
+        time=text(log, "date"),
+        user_id=user_id,
+        data=_data(log, user_id),
+    )
 
 
 def _unwrap(payload: dict[str, Any]) -> dict[str, Any]:

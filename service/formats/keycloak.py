@@ -1,4 +1,6 @@
-"""Keycloak events, as event-listener SPIs publish them, mapped to CloudEvents (SPEC §5).
+"""Keycloak events, as event-listener SPIs publish them, mapped to CloudEvents.
+
+The README's "Auth0 log streams and Keycloak events" says what is kept.
 
 The JSON is Keycloak's `Event`: `id`, `time` (epoch milliseconds), `type`, `realmId`,
 `clientId`, `userId`, `sessionId`, `ipAddress`, `error` and `details` (a map of strings:
@@ -16,23 +18,24 @@ import orjson
 
 from service.events import MalformedEvent
 from service.formats._common import (
+    LOGIN_FAILED,
     compact,
     email_or_none,
+    envelope,
     mapping,
+    no_user,
     provider_parser,
     text,
 )
 
 __all__ = ["EVENT_TYPES", "parse", "to_envelope"]
 
-_LOGIN_FAILED = "identity.user.login_failed"
-
-#: Keycloak event types → CloudEvents types (SPEC §2); other types are skipped.
+#: Keycloak event types → CloudEvents types (README, "Events"); other types are skipped.
 EVENT_TYPES: dict[str, str] = {
     "REGISTER": "identity.user.registered",
     "UPDATE_PASSWORD": "identity.user.password_changed",
     "LOGIN": "identity.user.logged_in",
-    "LOGIN_ERROR": _LOGIN_FAILED,
+    "LOGIN_ERROR": LOGIN_FAILED,
     "SEND_RESET_PASSWORD": "identity.user.password_reset_requested",
     "SEND_VERIFY_EMAIL": "identity.user.email_verification_requested",
 }
@@ -45,22 +48,18 @@ def to_envelope(event: dict[str, Any]) -> dict[str, Any] | None:
     if ce_type is None:
         return None
     user_id = text(event, "userId")
-    if user_id is None:
-        if ce_type == _LOGIN_FAILED:
-            return None  # e.g. error "user_not_found": no account to act for
-        raise MalformedEvent(f"Keycloak event {kc_type} has no 'userId'")
+    if user_id is None:  # a LOGIN_ERROR "user_not_found" is skipped
+        no_user(ce_type, f"Keycloak event {kc_type} has no 'userId'")
+        return None
     realm = text(event, "realmId")
-    envelope = {
-        "specversion": "1.0",
-        "id": text(event, "id") or _derived_id(event),
-        "source": f"keycloak:{realm}" if realm else "keycloak",
-        "type": ce_type,
-        "time": _iso_time(event.get("time")),
-        "subject": user_id,
-        "datacontenttype": "application/json",
-        "data": _data(event, user_id),
-    }
-    return compact(envelope)
+    return envelope(
+        event_id=text(event, "id") or _derived_id(event),
+        source=f"keycloak:{realm}" if realm else "keycloak",
+        ce_type=ce_type,
+        time=_iso_time(event.get("time")),
+        user_id=user_id,
+        data=_data(event, user_id),
+    )
 
 
 def _derived_id(event: dict[str, Any]) -> str:

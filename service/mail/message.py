@@ -1,4 +1,4 @@
-"""MIME construction: one multipart/alternative message as wire-ready bytes (SPEC §6).
+"""MIME construction: one multipart/alternative message as wire-ready bytes.
 
 The bytes are written directly, `service.mail.encoding` doing the RFC 2045-2047 work:
 `email.message.EmailMessage` costs ~2 ms per message, more than rendering and sending

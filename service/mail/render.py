@@ -22,6 +22,7 @@ from typing import Any
 import jinja2
 from jinja2 import TemplateNotFound, TemplateSyntaxError, nodes
 
+from service.locales import is_locale
 from service.sandbox import sandbox
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
 #: The files of one template, by part. Subject and text are required, HTML is optional.
 PARTS: dict[str, str] = {"subject": "subject.txt.j2", "text": "text.txt.j2", "html": "html.html.j2"}
 _REQUIRED = ("subject", "text")
-_LOCALE = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 #: Remembered (template, locale) resolutions; past this many the memo starts over, so
@@ -61,7 +61,7 @@ class Rendered:
 def normalize_locale(locale: str | None) -> str | None:
     """Canonical BCP 47 casing (`de_at` → `de-AT`), or None when `locale` is not a tag."""
     locale = locale.strip() if isinstance(locale, str) else ""
-    if len(locale) > 35 or not _LOCALE.fullmatch(locale):
+    if not is_locale(locale):
         return None
     first, *rest = locale.replace("_", "-").split("-")
     return "-".join([first.lower(), *map(_case_subtag, rest)])

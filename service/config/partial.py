@@ -22,15 +22,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.config import _FLOWS_CHECKED, Config
-from service.config_yaml import (
-    ConfigError,
-    KeyPath,
-    Origin,
-    apply_env_overrides,
-    compose_document,
-    error_paths,
-)
+from service.config.env_overrides import apply_env_overrides
+from service.config.model import FLOWS_CHECKED, Config
+from service.config.problems import ConfigError, KeyPath
+from service.config.pydantic_errors import error_paths
+from service.config.yaml_lines import Origin, compose_document
 
 __all__ = ["partial_config"]
 
@@ -52,7 +48,7 @@ def partial_config(path: Path, environ: Mapping[str, str]) -> Config | None:
         if not all(_set_aside(data, where) for where in bad):
             return None
         try:
-            config = Config.model_validate(data, context={_FLOWS_CHECKED: True})
+            config = Config.model_validate(data, context={FLOWS_CHECKED: True})
         except ValidationError as exc:
             bad = error_paths(data, exc, "action")
             continue
