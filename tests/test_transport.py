@@ -34,7 +34,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.addresses import InvalidAddress, Mailbox, parse_mailbox
-from service.mail import smtp_session
+from service.mail import aiosmtplib_internals, smtp_session
 from service.mail.smtp_session import DataUnanswered, Envelope, data_payload
 from service.mail.transport import (
     DeliveryError,
@@ -364,6 +364,28 @@ async def test_send_is_recorded_byte_exact(server: Server, flows: list[str]) -> 
     assert server.handler.tls == [False]
 
 
+class HeloOnly(Recorder):
+    """A server that refuses EHLO: the client greets it with HELO instead."""
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        return ["502 5.5.2 Error: command not recognized"]
+
+
+async def test_server_refusing_ehlo_is_greeted_with_helo(
+    start_server: StartServer, flows: list[str]
+) -> None:
+    server = start_server(HeloOnly())
+    async with make_pool(server.port) as pool:
+        await send_one(pool)
+        await send_one(pool)
+    assert flows == ["one_by_one", "one_by_one"]  # no EHLO reply offered PIPELINING
+    assert server.handler.messages == [(SENDER, [RCPT], MESSAGE)] * 2
+    assert server.handler.helo_names == ["herald.test"] * 2
+    assert len(server.handler.peers) == 1
+
+
 async def test_pool_reuses_at_most_size_connections(server: Server) -> None:
     async with make_pool(server.port, size=2) as pool:
         await asyncio.gather(*(send_one(pool) for _ in range(20)))
@@ -531,7 +553,7 @@ async def test_reply_reader_keeps_replies_that_arrive_before_it_wakes(
     async def read_three() -> list[int]:
         return [(await reader.read(timeout=1)).code for _ in range(3)]
 
-    with smtp_session._ReplyReader(protocol) as reader:
+    with aiosmtplib_internals.ReplyReader(protocol) as reader:
         replies = asyncio.create_task(read_three())
         await asyncio.sleep(0)  # the reader now waits for the first reply
         for chunk in chunks:  # all of it before the reader runs again

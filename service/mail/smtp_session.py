@@ -3,7 +3,8 @@ as the protocol allows.
 
 - Envelope addresses are checked and quoted once per distinct address (cached).
 - With PIPELINING (RFC 2920) MAIL, every RCPT and DATA go out in one write and their
-  replies are read in order; without it, one command per round trip.
+  replies are read in order (by `aiosmtplib_internals.ReplyReader`, the one place
+  Herald touches aiosmtplib's private internals); without it, one round trip each.
 - The message goes out in one write, dot-stuffed with `bytes.replace`: Herald's
   messages already end their lines with CRLF, which aiosmtplib's `data()` would
   establish again with a regex over the whole message, then dot-stuff with another.
@@ -25,8 +26,6 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
 
 from aiosmtplib import (
     SMTP,
@@ -37,18 +36,19 @@ from aiosmtplib import (
     SMTPSenderRefused,
     SMTPServerDisconnected,
 )
-from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
 
 from service.addresses import InvalidAddress, parse_mailbox
+from service.mail.aiosmtplib_internals import (
+    ReplyReader,
+    normalize_message_line_endings,
+    pipelining_works_on,
+)
 
 __all__ = ["DataUnanswered", "Envelope", "NothingAccepted", "data_payload", "transaction"]
 
 log = logging.getLogger(__name__)
 
 _OK, _WILL_FORWARD, _START_INPUT, _CLOSING = 250, 251, 354, 421
-# The reply reader below relies on the protocol's buffer and on the stdlib event loop
-# handing each chunk read to `protocol.data_received` (uvloop binds it once).
-_READER_WORKS = hasattr(SMTPProtocol, "_read_response_from_buffer")
 
 
 class NothingAccepted(Exception):
@@ -128,54 +128,9 @@ class _Replies:
     lost: SMTPServerDisconnected | None = None
 
 
-class _ReplyReader:
-    """Reads the replies to a group of pipelined commands in order, losing none.
-
-    aiosmtplib's protocol expects one reply per write: bytes that arrive while a parsed
-    reply waits to be picked up are dropped (on Python 3.11 waking the reader takes two
-    turns of the loop), which would lose the next reply of the group. While the group
-    is read, such bytes are kept in the protocol's buffer, and each read takes a reply
-    already buffered before waiting for more.
-    """
-
-    def __init__(self, protocol: SMTPProtocol) -> None:
-        self._protocol = protocol
-        self._deliver = protocol.data_received
-
-    def __enter__(self) -> Self:
-        self._protocol.data_received = self._received  # type: ignore[method-assign]
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        del self._protocol.data_received  # the class's method again
-
-    def _received(self, data: bytes) -> None:
-        waiter = self._protocol._response_waiter
-        if waiter is not None and waiter.done():
-            self._protocol._buffer.extend(data)  # picked up by the next read()
-        else:
-            self._deliver(data)
-
-    async def read(self, timeout: float | None) -> SMTPResponse:
-        """The next reply of the group."""
-        buffered = self._protocol._read_response_from_buffer()
-        if buffered is not None:
-            return buffered
-        return await self._protocol.read_response(timeout=timeout)
-
-
 def _can_pipeline(smtp: SMTP) -> bool:
     """Whether the server offers PIPELINING and the reply reader works on this loop."""
-    return (
-        _READER_WORKS
-        and smtp.supports_extension("pipelining")
-        and isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop)
-    )
+    return smtp.supports_extension("pipelining") and pipelining_works_on(asyncio.get_running_loop())
 
 
 async def _pipelined(smtp: SMTP, envelope: Envelope) -> _Replies:
@@ -185,7 +140,7 @@ async def _pipelined(smtp: SMTP, envelope: Envelope) -> _Replies:
     if protocol is None:
         replies.lost = SMTPServerDisconnected("Server not connected")
         return replies
-    with _ReplyReader(protocol) as reader:
+    with ReplyReader(protocol) as reader:
         try:
             protocol.write(envelope.pipelined())
             replies.mail = await reader.read(smtp.timeout)
