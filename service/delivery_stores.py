@@ -6,8 +6,9 @@ import hashlib
 import time
 from pathlib import Path
 
-from service.dedupe import SqliteFile, redis_call, redis_client
 from service.deliveries import Delivery, DeliveryStore, MemoryDeliveries, matches
+from service.redis_client import redis_call, redis_client
+from service.shared_sqlite import SqliteFile
 
 __all__ = ["RedisDeliveries", "SqliteDeliveries", "open_deliveries"]
 

@@ -1,4 +1,4 @@
-"""Log masking and formatting (the dedupe stores' tests are in test_dedupe.py)."""
+"""Log masking and JSON formatting (service/logs.py)."""
 
 from __future__ import annotations
 
