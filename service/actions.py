@@ -1,4 +1,5 @@
-"""The built-in actions (SPEC §4), compiled once from config into runnable steps."""
+"""The built-in actions (README: "Flows and actions"), compiled once from config into
+runnable steps."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from service.config import (
 )
 from service.failures import ActionFailed, EmailDeferred, EmailFailed
 from service.flows import ActionFn, CompiledAction, RunContext
-from service.mail.mailer import EmailRequest, Mailer
+from service.mail.mailer import Mailer
 from service.mail.render import template_context
+from service.mail.request import EmailRequest
 from service.sandbox import expression_env
 
 __all__ = ["compile_flows"]

@@ -30,7 +30,7 @@ from service.actions import compile_flows
 from service.checks import check_config
 from service.config import Config, ConfigError, load_config
 from service.consumer import Processor
-from service.dedupe import DedupeStore, dedupe_store
+from service.dedupe import DedupeStore, open_dedupe
 from service.deliveries import DeliveryLog
 from service.delivery_stores import open_deliveries
 from service.flows import FlowEngine
@@ -54,7 +54,8 @@ from service.mail.render import Renderer
 from service.mail.transport import SmtpPool
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter, open_rate_limiter
-from service.retries import Retrier, RetryScheduler
+from service.retrier import Retrier
+from service.retries import RetryScheduler
 from service.retry import RetryPolicy
 
 __all__ = ["Herald"]
@@ -131,7 +132,7 @@ class Herald:
     async def start(self) -> None:
         """Open every resource, then start consuming."""
         cfg = self.config
-        self.dedupe = dedupe_store(
+        self.dedupe = open_dedupe(
             cfg.dedupe.backend, path=cfg.dedupe.path, url=cfg.dedupe.url, ttl_s=cfg.dedupe.ttl_s
         )
         await self.dedupe.open()  # a wrong dedupe.url fails here, before Kafka

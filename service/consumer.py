@@ -23,7 +23,7 @@ from service.kafka.outputs import Outputs, Record
 from service.kafka.transactions import consuming
 from service.logs import mask_addresses
 from service.metrics import LabelledCounter, Metrics
-from service.retries import Retrier
+from service.retrier import Retrier
 
 __all__ = ["Processor"]
 

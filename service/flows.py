@@ -16,7 +16,7 @@ from service.failures import ActionFailed, Outage
 from service.metrics import Metrics
 
 if TYPE_CHECKING:
-    from service.mail.mailer import EmailRequest
+    from service.mail.request import EmailRequest
 
 __all__ = [
     "CompiledAction",

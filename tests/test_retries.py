@@ -1,5 +1,5 @@
-"""Scheduled retries (SPEC §6, §7): a transient failure goes to the retry topic and the
-batch moves on; nobody else waits for a greylisting recipient."""
+"""Scheduled retries (README: "Delivery guarantees"): a transient failure goes to the
+retry topic and the batch moves on; nobody else waits for a greylisting recipient."""
 
 from __future__ import annotations
 

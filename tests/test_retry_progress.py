@@ -13,9 +13,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
-from service.mail.mailer import EmailRequest
+from service.mail.request import EmailRequest
 from service.offsets import decode_done, encode_done
-from service.retries import retry_headers
+from service.retry_item import retry_headers
 from tests.harness import Kafka, load_example, make_config, metric, running, wait_until
 
 pytestmark = pytest.mark.integration

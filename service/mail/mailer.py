@@ -2,7 +2,7 @@
 
 One attempt per call. A transient failure (a 4xx reply, a timeout, a dropped
 connection) raises `EmailDeferred`: the caller schedules the next attempt on the retry
-topic (service/retries.py) instead of waiting here, so one greylisting recipient never
+topic (service/retrier.py) instead of waiting here, so one greylisting recipient never
 holds back anyone else's email.
 
 Once the message itself went out, only the server's reply says it was not accepted.
@@ -16,24 +16,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from service.addresses import mask_address
-from service.dedupe import Claim, DedupeStore, DedupeUnavailable, dedupe_key
-from service.deliveries import DeliveryLog, Position
+from service.dedupe import Claim, DedupeStore, dedupe_key
+from service.deliveries import DeliveryLog
 from service.failures import (
     EmailDeferred,
     EmailFailed,
     PermanentlyRejected,
     SmtpUnavailable,
-    StoreUnavailable,
 )
 from service.flows import LabelledCounter
-from service.mail.message import InvalidAddress, Mailbox, build_message, parse_mailbox
+from service.mail.claims import ClaimLost, Claims
+from service.mail.message import Mailbox, build_message, parse_mailbox
 from service.mail.render import Renderer, TemplateError
+from service.mail.request import EmailRequest, mailbox
 from service.mail.transport import (
     DeliveryError,
     DeliveryUncertain,
@@ -46,8 +45,6 @@ from service.ratelimit import RateLimiter, Token
 __all__ = ["EmailRequest", "Mailer", "Transport"]
 
 log = logging.getLogger(__name__)
-#: How often a claim held by another sender is looked at again (first, then at most).
-_HELD_POLL_S = (0.05, 1.0)
 
 
 class Transport(Protocol):
@@ -64,63 +61,6 @@ class Transport(Protocol):
         data_sent: asyncio.Event | None = None,
         before: Callable[[], Awaitable[None]] | None = None,
     ) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class EmailRequest:
-    """What a `send_email` action (or a python action's `api.email.send`) asks for."""
-
-    event_id: str
-    action_id: str
-    template: str
-    to: str | None
-    to_name: str
-    locale: str | None
-    context: Mapping[str, Any]
-    sender: str | None = None
-    reply_to: str | None = None
-    #: Which attempt this is (scheduled retries: 2, 3, …).
-    attempt: int = 1
-    #: Where its event was read (a retry's original record); else the record in hand.
-    source: Position | None = None
-    #: A resend on purpose (`herald resend`): its own id, so its own claim and record.
-    resend: str | None = None
-
-    @property
-    def user_id(self) -> str:
-        user = self.context.get("user")
-        return str(user.get("user_id") or "") if isinstance(user, Mapping) else ""
-
-    def email_fields(self) -> dict[str, Any]:
-        """What it takes to make this email again from its event (retry items, records)."""
-        return {
-            "template": self.template,
-            "to": self.to,
-            "to_name": self.to_name,
-            "locale": self.locale,
-            "from": self.sender,
-            "reply_to": self.reply_to,
-            "data": dict(self.context.get("data") or {}),
-        }
-
-    def expired(self) -> bool:
-        """Whether the event's `data.expires_at` (ISO 8601) has passed."""
-        event = self.context.get("event")
-        data = event.get("data") if isinstance(event, Mapping) else None
-        value = data.get("expires_at") if isinstance(data, Mapping) else None
-        if not isinstance(value, str) or not value:
-            return False
-        try:
-            at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return False
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
-        return at <= datetime.now(UTC)
-
-
-class _ClaimLost(Exception):
-    """Our claim lapsed and another sender holds it (or sent the email): do not send."""
 
 
 class Mailer:
@@ -141,6 +81,7 @@ class Mailer:
         self.renderer = renderer
         self.transport = transport
         self.dedupe = dedupe
+        self._claims = Claims(dedupe)
         self.default_sender = parse_mailbox(default_sender)
         self.metrics = metrics
         self._emails = LabelledCounter(metrics.emails)
@@ -151,32 +92,32 @@ class Mailer:
         `duplicate`, `rate_limited` or `expired`), or raises EmailDeferred (try again later),
         EmailFailed (never), SmtpUnavailable / StoreUnavailable (an outage: pause
         consumption)."""
-        recipient = _mailbox(request.to, request.to_name, "recipient")
+        recipient = mailbox(request.to, request.to_name, "recipient")
         key = dedupe_key(request.event_id, request.action_id, recipient.address)
         if request.resend:
             key += "\x1f" + request.resend
-        claim = await self._claim(key)
+        claim = await self._claims.claim(key)
         while True:
             if claim is Claim.HELD:
-                claim = await self._await_holder(key, request)
+                claim = await self._claims.await_holder(key, request)
             if claim is Claim.SENT:
                 self._emails.inc(request.template, "duplicate")
                 return "duplicate"
             try:
                 return await self._attempt(key, request, recipient)
-            except _ClaimLost:
+            except ClaimLost:
                 log.warning(
                     "email claim lapsed before the send and was taken over; not sending",
                     extra={"event_id": request.event_id, "action": request.action_id},
                 )
-                claim = await self._claim(key)
+                claim = await self._claims.claim(key)
 
     async def _attempt(self, key: str, request: EmailRequest, recipient: Mailbox) -> str:
         """Rate limit and send under our claim, then record or release it."""
         token = None
         data_sent = asyncio.Event()  # set by the transport once the message went out
         if request.expired():
-            await self._release(key)
+            await self._claims.release(key)
             self._emails.inc(request.template, "expired")
             log.info(
                 "email skipped: its link expired",
@@ -199,9 +140,9 @@ class Mailer:
                 # cancellation for up to smtp.data_timeout_s.
                 self._uncertain(request, recipient, "cancelled while awaiting the reply")
                 self._emails.inc(request.template, "uncertain")
-                await self._record_anyway(key, request)
+                await self._claims.record_anyway(key, request)
                 raise
-            await self._release(key)
+            await self._claims.release(key)
             if token is not None and not isinstance(exc, PermanentlyRejected):
                 # The server did not take it: it does not count against the limit.
                 await self._refund(recipient, token)
@@ -209,78 +150,13 @@ class Mailer:
         if outcome is None:
             # Skipped for good (not a failure, not dead-lettered); nothing was sent, so the
             # claim is released rather than recorded.
-            await self._release(key)
+            await self._claims.release(key)
             self._rate_limited(request, recipient)
             await self._note(key, request, recipient, "skipped", reason="rate_limited")
             return "rate_limited"
         self._emails.inc(request.template, outcome)
-        await self._record_anyway(key, request)
+        await self._claims.record_anyway(key, request)
         return outcome
-
-    async def _still_ours(self, key: str) -> None:
-        """With a connection in hand, right before the transaction: the claim may have
-        lapsed while this process was frozen, and another instance sent the email."""
-        try:
-            ours = await self.dedupe.confirm(key)
-        except DedupeUnavailable as exc:
-            raise StoreUnavailable(str(exc)) from None
-        if not ours:
-            raise _ClaimLost(key)
-
-    async def _await_holder(self, key: str, request: EmailRequest) -> Claim:
-        """Another sender holds the claim (an instance that lost this partition in a
-        rebalance, or died holding it): its email is not sent until it records it. Wait
-        for its outcome (recorded: a duplicate; released, or its lease lapsed: ours now)
-        rather than skip an email that may never go out. Holding nothing, this wait is
-        safe to cancel."""
-        log.info(
-            "email claimed by another sender, waiting for its outcome",
-            extra={"event_id": request.event_id, "action": request.action_id},
-        )
-        delay, most = _HELD_POLL_S
-        while (claim := await self._claim(key)) is Claim.HELD:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, most)
-        return claim
-
-    async def _claim(self, key: str) -> Claim:
-        try:
-            return await self.dedupe.claim(key)
-        except DedupeUnavailable as exc:
-            # Sending without the store could send twice: wait for it instead.
-            raise StoreUnavailable(str(exc)) from None
-
-    async def _release(self, key: str) -> None:
-        try:
-            await self.dedupe.release(key)
-        except Exception as exc:  # the claim lease expires by itself
-            log.warning("dedupe release failed", extra={"error": type(exc).__name__})
-
-    async def _record(self, key: str, request: EmailRequest) -> None:
-        try:
-            await self.dedupe.record(key)
-        except Exception as exc:
-            # The server accepted the email: it is sent. Failing the event now would only
-            # make a replay send it again, so log the widened window and carry on.
-            log.error(
-                "email sent but not recorded; a redelivery could send it again",
-                extra={
-                    "event_id": request.event_id,
-                    "action": request.action_id,
-                    "error": type(exc).__name__,
-                },
-            )
-
-    async def _record_anyway(self, key: str, request: EmailRequest) -> None:
-        """Record an email handed to the server even if this task is cancelled meanwhile.
-
-        Inline as a rule (the record follows the reply at once); only a cancellation
-        that lands in it writes it again, shielded (records are idempotent)."""
-        try:
-            await self._record(key, request)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._record(key, request))
-            raise
 
     async def _deliver(
         self, key: str, request: EmailRequest, recipient: Mailbox, data_sent: asyncio.Event
@@ -292,8 +168,8 @@ class Mailer:
             self._failed(request, "render_error")
             await self._note(key, request, recipient, "failed", reason=f"TemplateError: {exc}")
             raise EmailFailed("TemplateError", str(exc)) from None
-        sender = _mailbox(request.sender, "", "from") if request.sender else self.default_sender
-        reply_to = _mailbox(request.reply_to, "", "reply_to") if request.reply_to else None
+        sender = mailbox(request.sender, "", "from") if request.sender else self.default_sender
+        reply_to = mailbox(request.reply_to, "", "reply_to") if request.reply_to else None
         email = build_message(
             sender=sender,
             recipient=recipient,
@@ -309,7 +185,7 @@ class Mailer:
                 [recipient.address],
                 email.data,
                 data_sent=data_sent,
-                before=functools.partial(self._still_ours, key),
+                before=functools.partial(self._claims.still_ours, key),
             )
         except DeliveryUncertain as exc:
             self._uncertain(request, recipient, exc.reason)
@@ -347,7 +223,7 @@ class Mailer:
         """A status change decided outside the mailer (a retry scheduled, retries run
         out, a failure made final)."""
         try:
-            recipient = _mailbox(request.to, request.to_name, "recipient")
+            recipient = mailbox(request.to, request.to_name, "recipient")
         except EmailFailed:
             return
         key = dedupe_key(request.event_id, request.action_id, recipient.address)
@@ -418,18 +294,3 @@ class Mailer:
 
     def _failed(self, request: EmailRequest, outcome: str) -> None:
         self._emails.inc(request.template, outcome)
-
-
-def _mailbox(value: Any, name: Any, what: str) -> Mailbox:
-    if not isinstance(value, str) or not value.strip():
-        if what == "recipient":
-            raise EmailFailed(
-                "MissingAddress",
-                "event has no recipient address (data.user.email is empty, or the "
-                "action's `to` gave none)",
-            )
-        raise EmailFailed("MissingAddress", f"no {what} address")
-    try:
-        return parse_mailbox(value, name if isinstance(name, str) else "")
-    except InvalidAddress as exc:
-        raise EmailFailed("InvalidAddress", f"invalid {what} address: {exc}") from None
