@@ -30,7 +30,7 @@ from service.actions import compile_flows
 from service.checks import check_config
 from service.config import Config, ConfigError, load_config
 from service.consumer import Processor
-from service.dedupe import DedupeStore, open_dedupe
+from service.dedupe import DedupeStore, dedupe_store
 from service.deliveries import DeliveryLog
 from service.delivery_stores import open_deliveries
 from service.flows import FlowEngine
@@ -132,7 +132,7 @@ class Herald:
     async def start(self) -> None:
         """Open every resource, then start consuming."""
         cfg = self.config
-        self.dedupe = open_dedupe(
+        self.dedupe = dedupe_store(
             cfg.dedupe.backend, path=cfg.dedupe.path, url=cfg.dedupe.url, ttl_s=cfg.dedupe.ttl_s
         )
         await self.dedupe.open()  # a wrong dedupe.url fails here, before Kafka

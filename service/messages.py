@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 
 from service.addresses import mask_address
 from service.config import Config
-from service.dedupe import DedupeUnavailable, open_dedupe
+from service.dedupe import DedupeUnavailable, dedupe_store
 from service.deliveries import Delivery, DeliveryLog, DeliveryStore
 from service.delivery_stores import open_deliveries
 from service.events import Event, MalformedEvent
@@ -181,7 +181,7 @@ async def _send_again(config: Config, event: Event, record: Delivery) -> str:
 @contextlib.asynccontextmanager
 async def _mailer(config: Config) -> AsyncIterator[Mailer]:
     d, smtp = config.dedupe, config.smtp
-    dedupe = open_dedupe(d.backend, path=d.path, url=d.url, ttl_s=d.ttl_s)
+    dedupe = dedupe_store(d.backend, path=d.path, url=d.url, ttl_s=d.ttl_s)
     store = open_deliveries(d.backend, path=d.path, url=d.url, ttl_s=d.ttl_s)
     pool = SmtpPool(
         smtp.host,
