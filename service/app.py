@@ -1,4 +1,4 @@
-"""Herald's process: the one module that wires FastStream, aiokafka, SMTP and HTTP together.
+"""Herald's process: wires Kafka (service/kafka/), the flows, SMTP and HTTP together.
 
 `Herald` owns every resource; `start` opens them in order, `stop` closes them in reverse.
 The HTTP endpoints come up before Kafka: while Kafka refuses or cannot be reached, the
@@ -10,15 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
-from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -37,15 +31,19 @@ from service.flows import FlowEngine
 from service.formats import parser_for
 from service.http import HttpServer
 from service.kafka import (
+    CONNECTION_ERRORS,
+    KafkaBroker,
+    KafkaProducer,
     KafkaUnavailable,
     committed_metadata,
-    declare_subscriber,
+    consumer_broker,
     diagnose,
-    new_broker,
     producer_options,
     quiet_bootstrap_errors,
     retry_consumer,
+    started_producer,
 )
+from service.kafka.assignment import Assignment
 from service.kafka.batches import BATCH_BUDGET_S, BatchRunner
 from service.kafka.outputs import Outputs
 from service.kafka.transactions import Transactions
@@ -72,34 +70,8 @@ _PROBE_BACKOFF_S = (0.5, 5.0)
 _REPEAT_LOG_S = 60.0
 #: SIGTERM gives the records and retries in flight this long to finish, then cancels them.
 DRAIN_S = 10.0
-#: How long a rebalance lets the batch in flight finish and commit before it takes over.
-_REBALANCE_WAIT_S = 30.0
 #: Kafka's default cap on a transaction's timeout (`transaction.max.timeout.ms`).
 _MAX_TRANSACTION_S = 900.0
-
-
-class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Tracks the partitions this instance owns, for readiness; a revoke lets the batch in
-    flight commit first, and with `exactly_once` partitions come and go with producers."""
-
-    def __init__(self, group_id: str) -> None:
-        self.group_id = group_id
-        self.partitions: set[TopicPartition] = set()
-        self.runner: BatchRunner | None = None
-        self.transactions: Transactions | None = None
-
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        if self.runner is not None:
-            await self.runner.idle(_REBALANCE_WAIT_S)
-        self.partitions -= set(revoked)
-        if self.transactions is not None:
-            await self.transactions.revoke(revoked)
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        if self.transactions is not None:
-            await self.transactions.assign(assigned, self.group_id)
-        self.partitions |= set(assigned)
-        log.info("partitions assigned", extra={"partitions": len(self.partitions)})
 
 
 class Herald:
@@ -108,13 +80,13 @@ class Herald:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.assignment = _Assignment(config.kafka.group_id)
+        self.assignment = Assignment(config.kafka.group_id)
         self.smtp = _smtp_pool(config)
         self.transactions: Transactions | None = None
         self.deliveries: DeliveryLog | None = None
         self.dedupe: DedupeStore | None = None
         self.rate_limiter: RateLimiter | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: KafkaProducer | None = None
         self.broker: KafkaBroker | None = None
         self.processor: Processor | None = None
         self.runner: BatchRunner | None = None
@@ -199,12 +171,12 @@ class Herald:
             with attempt:
                 try:
                     if self.producer is None:
-                        self.producer = await _started_producer(options)
+                        self.producer = await started_producer(options)
                     if self.processor is None:
                         self.processor = self._processor(dedupe, self.producer)
                     await self._start_consumer(self.processor)
                     await self._start_retries()
-                except (KafkaError, OSError, TimeoutError) as exc:
+                except CONNECTION_ERRORS as exc:
                     raise await diagnose(self.config.kafka, exc) from exc
         outage.recovered()
 
@@ -281,7 +253,7 @@ class Herald:
         )
         return FlowEngine(cfg, compile_flows(cfg, mailer), self.metrics, mailer)
 
-    def _processor(self, dedupe: DedupeStore, producer: AIOKafkaProducer) -> Processor:
+    def _processor(self, dedupe: DedupeStore, producer: KafkaProducer) -> Processor:
         cfg = self.config
         engine = self._engine(cfg, dedupe)
         outputs = Outputs(
@@ -329,14 +301,6 @@ class Herald:
         return max(300.0, BATCH_BUDGET_S + smtp.data_timeout_s + 10 * smtp.timeout_s)
 
     def _broker(self, processor: Processor) -> KafkaBroker:
-        broker = new_broker(self.config.kafka)
-        subscriber = declare_subscriber(
-            broker,
-            self.config.kafka,
-            self.assignment,
-            max_poll_interval_s=self._max_poll_interval_s(),
-        )
-
         runner = self.runner = self.assignment.runner = BatchRunner(
             processor,
             self.smtp.probe,
@@ -346,22 +310,12 @@ class Herald:
             max_backoff_s=_PROBE_BACKOFF_S[1],
             transactions=self.transactions,
         )
-
-        @subscriber
-        async def handle(_: Any, message: KafkaMessage) -> None:
-            await runner.handle(message)
-
-        return broker
-
-
-async def _started_producer(options: dict[str, Any]) -> AIOKafkaProducer:
-    producer = AIOKafkaProducer(**options)
-    try:
-        await producer.start()
-    except BaseException:
-        await producer.stop()  # else aiokafka warns of an unclosed producer
-        raise
-    return producer
+        return consumer_broker(
+            self.config.kafka,
+            self.assignment,
+            runner.handle,
+            max_poll_interval_s=self._max_poll_interval_s(),
+        )
 
 
 class _OutageLog:

@@ -17,9 +17,6 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
-
 from service.addresses import mask_address
 from service.config import Config
 from service.dedupe import DedupeUnavailable, dedupe_store
@@ -28,8 +25,9 @@ from service.delivery_stores import open_deliveries
 from service.events import Event, MalformedEvent
 from service.failures import EmailDeferred, EmailFailed, Outage
 from service.formats import parser_for
-from service.kafka import consumer_options, producer_options
+from service.kafka import CONNECTION_ERRORS, KafkaProducer, producer_options, started_producer
 from service.kafka.outputs import Outputs
+from service.kafka.read import read_record
 from service.mail.mailer import Mailer
 from service.mail.render import Renderer
 from service.mail.transport import SmtpPool
@@ -132,25 +130,19 @@ async def _read_event(config: Config, record: Delivery) -> Event:
             f"event {record.event_id!r} came through the decision webhook, not Kafka:"
             " there is nothing to read it again from"
         )
-    tp = TopicPartition(record.topic, record.partition)
     where = f"{record.topic} partition {record.partition} offset {record.offset}"
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **consumer_options(config.kafka))
     try:
-        await consumer.start()
-        consumer.assign([tp])
-        consumer.seek(tp, record.offset)
-        found = await consumer.getmany(tp, timeout_ms=int(_READ_TIMEOUT_S * 1000), max_records=1)
+        got = await read_record(
+            config.kafka, record.topic, record.partition, record.offset, timeout_s=_READ_TIMEOUT_S
+        )
     except (OSError, ConnectionError) as exc:
         raise MessagesError(f"cannot read {where}: {exc}") from None
-    finally:
-        await consumer.stop()
-    got = found.get(tp, [])
-    if not got or got[0].offset != record.offset:
+    if got is None:
         raise MessagesError(
             f"event {record.event_id!r} is no longer on {where} (removed by the topic's retention)"
         )
     try:
-        event = parser_for(config.kafka.format)(got[0].value, got[0].headers)
+        event = parser_for(config.kafka.format)(got.value, got.headers)
     except MalformedEvent as exc:
         raise MessagesError(f"the record at {where} is no longer readable: {exc}") from None
     if event is None or event.id != record.event_id:
@@ -193,14 +185,13 @@ async def _mailer(config: Config) -> AsyncIterator[Mailer]:
         data_timeout_s=smtp.data_timeout_s,
         size=1,
     )
-    producer: AIOKafkaProducer | None = None
+    producer: KafkaProducer | None = None
     outputs: Outputs | None = None
     log = DeliveryLog(store, show_addresses=config.log.show_addresses)
     try:
         await dedupe.open()
         if config.kafka.status_topic:
-            producer = AIOKafkaProducer(**producer_options(config.kafka))
-            await producer.start()
+            producer = await started_producer(producer_options(config.kafka))
             outputs = Outputs(
                 producer, dlq_suffix=config.kafka.dlq_suffix, status_topic=config.kafka.status_topic
             )
@@ -217,7 +208,7 @@ async def _mailer(config: Config) -> AsyncIterator[Mailer]:
         if outputs is not None:
             try:
                 await outputs.flush()
-            except KafkaError as exc:
+            except CONNECTION_ERRORS as exc:
                 raise MessagesError(f"its status event was not written: {exc}") from None
     finally:
         await pool.close()

@@ -3,7 +3,15 @@ and subscriber (`subscriber`), what a batch's records come to (`batches`), what 
 writes (`outputs`, `transactions`), dead-letter replay (`dlq`), `herald publish`,
 `herald topics` and the AsyncAPI document. The core sees small protocols only."""
 
-from service.kafka.errors import KafkaUnavailable, diagnose, quiet_bootstrap_errors
+from aiokafka import AIOKafkaProducer as KafkaProducer
+from faststream.kafka import KafkaBroker
+
+from service.kafka.errors import (
+    CONNECTION_ERRORS,
+    KafkaUnavailable,
+    diagnose,
+    quiet_bootstrap_errors,
+)
 from service.kafka.options import (
     consumer_options,
     isolation_level,
@@ -13,15 +21,21 @@ from service.kafka.options import (
 from service.kafka.subscriber import (
     GRACEFUL_TIMEOUT_S,
     committed_metadata,
+    consumer_broker,
     declare_subscriber,
     new_broker,
     retry_consumer,
+    started_producer,
 )
 
 __all__ = [
+    "CONNECTION_ERRORS",
     "GRACEFUL_TIMEOUT_S",
+    "KafkaBroker",
+    "KafkaProducer",
     "KafkaUnavailable",
     "committed_metadata",
+    "consumer_broker",
     "consumer_options",
     "declare_subscriber",
     "diagnose",
@@ -31,4 +45,5 @@ __all__ = [
     "quiet_bootstrap_errors",
     "retry_consumer",
     "security",
+    "started_producer",
 ]

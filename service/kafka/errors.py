@@ -32,6 +32,10 @@ _SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512":
 _PROBE_TIMEOUT_MS = 5_000
 
 
+#: What a Kafka client call raises when Kafka cannot be used: `diagnose` words it.
+CONNECTION_ERRORS = (KafkaError, OSError, TimeoutError)
+
+
 async def diagnose(cfg: KafkaConfig, exc: BaseException) -> KafkaUnavailable:
     """Why a client could not start, in the operator's words. aiokafka's bootstrap raises a
     bare "Unable to bootstrap" and only logs the cause, so that one is probed again."""

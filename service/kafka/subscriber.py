@@ -9,10 +9,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker, Topic
+from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.middlewares import AckPolicy
 from faststream.security import (
@@ -110,6 +111,37 @@ def declare_subscriber(
         decoder=_no_decode,
         description=f"Identity events ({cfg.format}); each trigger runs its flow.",
     )
+
+
+def consumer_broker(
+    cfg: KafkaConfig,
+    listener: ConsumerRebalanceListener,
+    handle: Callable[[Any], Awaitable[None]],
+    *,
+    max_poll_interval_s: float,
+) -> KafkaBroker:
+    """A broker whose one subscriber hands each batch (FastStream's message) to `handle`."""
+    broker = new_broker(cfg)
+    subscriber = declare_subscriber(
+        broker, cfg, listener, max_poll_interval_s=max_poll_interval_s
+    )
+
+    @subscriber
+    async def on_batch(_: Any, message: KafkaMessage) -> None:
+        await handle(message)
+
+    return broker
+
+
+async def started_producer(options: dict[str, Any]) -> AIOKafkaProducer:
+    """An aiokafka producer with `options`, started (closed again if it cannot start)."""
+    producer = AIOKafkaProducer(**options)
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # else aiokafka warns of an unclosed producer
+        raise
+    return producer
 
 
 async def _keep_raw_headers(records: tuple[ConsumerRecord, ...], original: Any) -> Any:
