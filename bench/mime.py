@@ -33,7 +33,8 @@ from email.utils import format_datetime, formataddr, make_msgid
 from bench.events import make_event
 from bench.procs import ROOT
 from bench.report import machine, update_section
-from service.mail.message import Mailbox, build_message, parse_mailbox
+from service.mail.compose import compose_email
+from service.mail.message import Mailbox, parse_mailbox
 from service.mail.render import Rendered, Renderer
 
 __all__ = ["main"]
@@ -85,13 +86,8 @@ def with_email_mime(to: Mailbox, mail: Rendered) -> bytes:
 
 def with_build_message(to: Mailbox, mail: Rendered) -> bytes:
     """Herald's writer."""
-    return build_message(
-        sender=SENDER,
-        recipient=to,
-        subject=mail.subject,
-        text=mail.text,
-        html=mail.html,
-        headers=HEADERS,
+    return compose_email(
+        sender=SENDER, recipient=to, rendered=mail, event_id="bench-1", template="password_changed"
     ).data
 
 

@@ -103,7 +103,8 @@ class ActionFailed(Permanent):
 
 
 class OutputFailed(Permanent):
-    """One event's output cannot be published, now or later (SPEC §6)."""
+    """One event's output (a dead letter, command or decision) cannot be published, now
+    or later."""
 
     def __init__(self, reason: str) -> None:
         super().__init__("OutputFailed", reason)

@@ -8,12 +8,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter
-
 from service.config import BaseAction, Config
 from service.events import Event
 from service.failures import ActionFailed, Outage
-from service.metrics import Metrics
+from service.metrics import LabelledCounter, Metrics
+from service.redaction import redact
 
 if TYPE_CHECKING:
     from service.mail.request import EmailRequest
@@ -22,45 +21,14 @@ __all__ = [
     "CompiledAction",
     "FlowEngine",
     "FlowResult",
-    "LabelledCounter",
     "RunContext",
     "event_view",
-    "redact",
 ]
 
 log = logging.getLogger(__name__)
 
 
 FAILED_USER_MESSAGE = "Something went wrong. Please try again later."
-_REDACTED = "***"
-
-
-def redact(text: str, secrets: Mapping[str, str]) -> str:
-    """Remove every secret value from `text` (reasons, log lines, dead letters)."""
-    for value in secrets.values():
-        if value and len(value) >= 4:
-            text = text.replace(value, _REDACTED)
-    return text
-
-
-class LabelledCounter:
-    """A labelled prometheus Counter whose children are looked up once per label values.
-
-    `Counter.labels(...)` validates and locks on every call (a few µs); the children it
-    returns live as long as the counter, so they are kept here. Label values must come
-    from a bounded set (config names, fixed outcomes), as for any Prometheus label.
-    """
-
-    def __init__(self, counter: Counter) -> None:
-        self._counter = counter
-        self._children: dict[tuple[str, ...], Counter] = {}
-
-    def inc(self, *labels: str) -> None:
-        """Add one to the child of `labels`."""
-        child = self._children.get(labels)
-        if child is None:
-            child = self._children[labels] = self._counter.labels(*labels)
-        child.inc()
 
 
 @dataclass
@@ -90,7 +58,7 @@ class FlowResult:
         self.redirect = None
 
     def decision_body(self, event: Event) -> dict[str, Any]:
-        """The decision JSON of SPEC §6."""
+        """The decision JSON Herald publishes (README: Outputs: metadata commands and decisions)."""
         return {
             "event_id": event.id,
             "trigger": event.trigger.name,

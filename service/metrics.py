@@ -1,10 +1,10 @@
-"""Prometheus metrics (SPEC §8), held in one registry owned by the app."""
+"""Prometheus metrics (README: Operations), held in one registry owned by the app."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics"]
+__all__ = ["LabelledCounter", "Metrics"]
 
 
 class Metrics:
@@ -75,3 +75,23 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class LabelledCounter:
+    """A labelled prometheus Counter whose children are looked up once per label values.
+
+    `Counter.labels(...)` validates and locks on every call (a few µs); the children it
+    returns live as long as the counter, so they are kept here. Label values must come
+    from a bounded set (config names, fixed outcomes), as for any Prometheus label.
+    """
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def inc(self, *labels: str) -> None:
+        """Add one to the child of `labels`."""
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._counter.labels(*labels)
+        child.inc()

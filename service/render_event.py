@@ -1,4 +1,5 @@
-"""`herald render`: the complete MIME message a template produces for one event (SPEC §3).
+"""`herald render` (README: Command line): the complete MIME message a template produces
+for one event, built as the mailer builds it (`service.mail.compose`).
 
 The event file is a CloudEvent, or a raw event in the configured `kafka.format` (an
 Auth0 log event, a Keycloak event): the same parsing the consumer does. The context is
@@ -16,7 +17,8 @@ from service.config import Config
 from service.events import Event, MalformedEvent, validate_envelope
 from service.flows import event_view
 from service.formats import parser_for
-from service.mail.message import InvalidAddress, build_message, parse_mailbox
+from service.mail.compose import compose_email
+from service.mail.message import InvalidAddress, parse_mailbox
 from service.mail.render import Renderer, TemplateError, template_context
 
 __all__ = ["PLACEHOLDER_RECIPIENT", "RenderError", "load_event", "render_event"]
@@ -69,12 +71,7 @@ def render_event(config: Config, template: str, event_path: Path, locale: str | 
         sender = parse_mailbox(config.smtp.from_)
     except InvalidAddress as exc:
         raise RenderError(f"{event_path}: {exc}") from None
-    email = build_message(
-        sender=sender,
-        recipient=recipient,
-        subject=rendered.subject,
-        text=rendered.text,
-        html=rendered.html,
-        headers={"X-Herald-Event-Id": event.id, "X-Herald-Template": template},
+    email = compose_email(
+        sender=sender, recipient=recipient, rendered=rendered, event_id=event.id, template=template
     )
     return email.data

@@ -1,4 +1,4 @@
-"""`herald check` (SPEC §3): every problem as one `path:line: message` line, exit 2."""
+"""`herald check` (README: Command line): every problem as one `path:line: message` line, exit 2."""
 
 from __future__ import annotations
 

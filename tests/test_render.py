@@ -1,4 +1,4 @@
-"""Template rendering: locales, escaping, the sandbox, `check()` and the compile cache."""
+"""Template rendering: locales, escaping, the sandbox, template checks and the compile cache."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from service.checks.templates import template_problems
 from service.mail import render
 from service.mail.render import Renderer, TemplateError, candidate_locales, format_datetime
 from service.triggers import TRIGGERS
@@ -252,11 +253,11 @@ def test_render_error_names_file_and_line(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
-# -- check() --------------------------------------------------------------------------------
+# -- template_problems() --------------------------------------------------------------------
 
 
 def test_shipped_templates_check_clean(renderer: Renderer) -> None:
-    assert renderer.check() == []
+    assert template_problems(renderer) == []
 
 
 def test_check_reports_path_and_line(tmp_path: Path) -> None:
@@ -282,7 +283,7 @@ def test_check_reports_path_and_line(tmp_path: Path) -> None:
             "_m.txt.j2": "",
         },
     )
-    problems = Renderer(tmp_path).check()
+    problems = template_problems(Renderer(tmp_path))
     expected = [
         f"{tmp_path / 'broken' / 'text.txt.j2'}:2: Unexpected end of template",
         f"{tmp_path / 'filter' / 'subject.txt.j2'}:1: No filter named 'nosuchfilter'",
@@ -298,7 +299,7 @@ def test_check_reports_path_and_line(tmp_path: Path) -> None:
 
 
 def test_check_missing_directory(tmp_path: Path) -> None:
-    assert Renderer(tmp_path / "nope").check() == [
+    assert template_problems(Renderer(tmp_path / "nope")) == [
         f"{tmp_path / 'nope'}:1: templates directory not found"
     ]
 
@@ -386,8 +387,7 @@ def test_text_details_leave_out_empty_rows(tmp_path: Path) -> None:
             "_layout/macros.txt.j2": (TEMPLATES / "_layout" / "macros.txt.j2").read_text("utf-8"),
             "t/subject.txt.j2": "s",
             "t/text.txt.j2": (
-                '{% from "_layout/macros.txt.j2" import details %}\n'
-                "{{ details(rows) -}}\nend\n"
+                '{% from "_layout/macros.txt.j2" import details %}\n{{ details(rows) -}}\nend\n'
             ),
         },
     )

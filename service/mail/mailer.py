@@ -28,9 +28,9 @@ from service.failures import (
     PermanentlyRejected,
     SmtpUnavailable,
 )
-from service.flows import LabelledCounter
 from service.mail.claims import ClaimLost, Claims
-from service.mail.message import Mailbox, build_message, parse_mailbox
+from service.mail.compose import compose_email
+from service.mail.message import Mailbox, parse_mailbox
 from service.mail.render import Renderer, TemplateError
 from service.mail.request import EmailRequest, mailbox
 from service.mail.transport import (
@@ -39,7 +39,7 @@ from service.mail.transport import (
     PermanentError,
     ServerUnavailable,
 )
-from service.metrics import Metrics
+from service.metrics import LabelledCounter, Metrics
 from service.ratelimit import RateLimiter, Token
 
 __all__ = ["EmailRequest", "Mailer", "Transport"]
@@ -170,14 +170,13 @@ class Mailer:
             raise EmailFailed("TemplateError", str(exc)) from None
         sender = mailbox(request.sender, "", "from") if request.sender else self.default_sender
         reply_to = mailbox(request.reply_to, "", "reply_to") if request.reply_to else None
-        email = build_message(
+        email = compose_email(
             sender=sender,
             recipient=recipient,
-            subject=rendered.subject,
-            text=rendered.text,
-            html=rendered.html,
+            rendered=rendered,
+            event_id=request.event_id,
+            template=request.template,
             reply_to=reply_to,
-            headers={"X-Herald-Event-Id": request.event_id, "X-Herald-Template": request.template},
         )
         try:
             reply = await self.transport.send(

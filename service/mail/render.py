@@ -1,4 +1,4 @@
-"""Email templates: sandboxed Jinja2, locale variants overriding file by file (SPEC §6).
+"""Email templates: sandboxed Jinja2, locale variants overriding file by file (README: Templates).
 
 Per-render costs are kept to the templates themselves: which files render a (template,
 locale) pair is worked out once and remembered until `reload()` (no filesystem checks
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -20,23 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2 import TemplateNotFound, TemplateSyntaxError, nodes
+from jinja2 import TemplateSyntaxError
 
 from service.locales import is_locale
 from service.sandbox import sandbox
 
 __all__ = [
     "PARTS",
+    "REQUIRED_PARTS",
     "Rendered",
     "Renderer",
     "TemplateError",
     "candidate_locales",
+    "problem_line",
     "template_context",
 ]
 
 #: The files of one template, by part. Subject and text are required, HTML is optional.
 PARTS: dict[str, str] = {"subject": "subject.txt.j2", "text": "text.txt.j2", "html": "html.html.j2"}
-_REQUIRED = ("subject", "text")
+REQUIRED_PARTS = ("subject", "text")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 #: Remembered (template, locale) resolutions; past this many the memo starts over, so
@@ -134,14 +136,15 @@ class Renderer:
     ) -> None:
         self.templates_dir = Path(templates_dir)
         self.default_locale = normalize_locale(default_locale) or default_locale
-        self._escaped = jinja2.select_autoescape(("html.j2", "html"), default_for_string=False)
+        #: Whether a loader path is HTML, so autoescaped (`html.j2` files).
+        self.escaped = jinja2.select_autoescape(("html.j2", "html"), default_for_string=False)
         # Immutable sandbox: templates may read event data but never call into or mutate it.
         self.env = sandbox(
             immutable=True,
             flat_globals=True,
             filters={"datetime": format_datetime, "http_url": http_url},
             loader=jinja2.FileSystemLoader(self.templates_dir),
-            autoescape=self._escaped,
+            autoescape=self.escaped,
             undefined=jinja2.ChainableUndefined,  # a missing optional field renders as ""
             keep_trailing_newline=True,
             trim_blocks=True,
@@ -206,15 +209,6 @@ class Renderer:
         html = self._render_file(files["html"], context) if "html" in files else None
         return Rendered(subject=subject, text=text, html=html, locale=used)
 
-    def check(self) -> list[str]:
-        """Compile every template file; problems as `path:line: message`."""
-        if not self.templates_dir.is_dir():
-            return [f"{self.templates_dir}:1: templates directory not found"]
-        problems = [problem for name in self.names() for problem in self._check_layout(name)]
-        for path in sorted(self.templates_dir.rglob("*.j2")):
-            problems += self._check_file(path)
-        return problems
-
     def _base(self, name: str) -> Path:
         # Names come from config; only a plain directory name keeps the lookup inside
         # templates_dir. Locales are safe by construction (see candidate_locales).
@@ -236,7 +230,7 @@ class Renderer:
             chosen = next((p for p in paths if (self.templates_dir / p).is_file()), None)
             if chosen:
                 files[part] = chosen
-        for part in _REQUIRED:
+        for part in REQUIRED_PARTS:
             if part not in files:
                 raise TemplateError(f"{self._base(name) / PARTS[part]}: template file is missing")
         return files
@@ -245,59 +239,17 @@ class Renderer:
         try:
             return self.env.get_template(path).render(context)
         except TemplateSyntaxError as exc:
-            raise TemplateError(_one_line(exc.filename or path, exc.lineno, exc.message)) from exc
+            where = exc.filename or path
+            raise TemplateError(problem_line(where, exc.lineno, exc.message)) from exc
         except Exception as exc:
             # Jinja rewrites tracebacks so that template frames carry the file and line.
             frames = traceback.extract_tb(exc.__traceback__)
             ours = [f for f in frames if f.filename.startswith(str(self.templates_dir))]
             file, line = (ours[-1].filename, ours[-1].lineno) if ours else (path, None)
-            raise TemplateError(_one_line(file, line, f"{type(exc).__name__}: {exc}")) from exc
-
-    def _check_layout(self, name: str) -> Iterator[str]:
-        base = self._base(name)
-        for part in _REQUIRED:
-            if not (base / PARTS[part]).is_file():
-                yield f"{base / PARTS[part]}:1: required template file is missing"
-        # A misspelt file in a variant would silently fall back to the default language.
-        for folder in (base, *(base / d for d in self.locales(name))):
-            for path in sorted(folder.glob("*.j2")):
-                if path.name not in PARTS.values() and not path.name.startswith("_"):
-                    yield f"{path}:1: unknown file, expected {', '.join(PARTS.values())}"
-
-    def _check_file(self, path: Path) -> list[str]:
-        name = path.relative_to(self.templates_dir).as_posix()
-        try:
-            ast = self.env.parse(path.read_text("utf-8"), name, str(path))
-            self.env.compile(ast, name, str(path))  # also catches unknown filters and tests
-        except TemplateSyntaxError as exc:
-            return [_one_line(str(path), exc.lineno, exc.message)]
-        except (OSError, UnicodeDecodeError) as exc:
-            return [_one_line(str(path), 1, f"cannot read: {exc}")]
-        problems = []
-        for ref, line in _references(ast):
-            if not self._exists(ref):
-                problems.append(f"{path}:{line}: template {ref!r} not found")
-            elif self._escaped(name) and not self._escaped(ref):
-                # A text template's macros and includes are not escaped where HTML uses them.
-                problems.append(f"{path}:{line}: HTML template uses non-HTML template {ref!r}")
-        return problems
-
-    def _exists(self, name: str) -> bool:
-        try:
-            self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
-        except TemplateNotFound:
-            return False
-        return True
+            raise TemplateError(problem_line(file, line, f"{type(exc).__name__}: {exc}")) from exc
 
 
-def _references(ast: nodes.Template) -> Iterator[tuple[str, int]]:
-    """Templates named literally by extends / include / import, with their line."""
-    for node in ast.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
-        target = getattr(node, "template", None)
-        if isinstance(target, nodes.Const) and isinstance(target.value, str):
-            yield target.value, node.lineno
-
-
-def _one_line(path: str, line: int | None, message: str | None) -> str:
+def problem_line(path: str, line: int | None, message: str | None) -> str:
+    """A template problem as one `path:line: message` line."""
     where = f"{path}:{line}" if line else path
     return f"{where}: {' '.join(str(message or 'error').split())}"

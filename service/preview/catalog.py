@@ -15,6 +15,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
+from service.checks.templates import template_problems
 from service.config import Config, SendEmailAction
 from service.events import Event, MalformedEvent, validate_envelope
 from service.flows import event_view
@@ -106,7 +107,7 @@ class Catalog:
             return False
         self.renderer.reload()
         self.samples, sample_problems = load_samples(self.events_dir)
-        self.problems = [*self.renderer.check(), *sample_problems]
+        self.problems = [*template_problems(self.renderer), *sample_problems]
         self.version = version
         return True
 
@@ -134,7 +135,7 @@ class Catalog:
         """The sample event named `name` (its file stem), if there is one."""
         return next((s for s in self.samples if s.name == name), None)
 
-    def render(self, template: str, locale: str, sample: Sample) -> Preview:
+    def preview(self, template: str, locale: str, sample: Sample) -> Preview:
         """Render `template` as the `send_email` action would, for a user in `locale`."""
         event = _with_locale(sample.event, locale)
         view = event_view(event, self.config.secrets)

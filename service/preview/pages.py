@@ -214,7 +214,7 @@ def _index_row(catalog: Catalog, template: str) -> dict[str, Any]:
 
 
 def _cell(catalog: Catalog, template: str, locale: str, sample: Sample) -> dict[str, Any]:
-    preview = catalog.render(template, locale, sample)
+    preview = catalog.preview(template, locale, sample)
     subject = preview.email.subject if preview.email else ""
     url = email_url(template, locale, sample.name)
     return {"url": url, "subject": subject or "(empty subject)", "error": preview.error}

@@ -128,7 +128,7 @@ class PreviewServer:
             return self._not_found(f"Template {template!r} has no locale {locale!r}.")
         if sample is None:
             return self._not_found(f"There is no sample event {info['sample']!r}.")
-        return self.catalog.render(template, locale, sample)
+        return self.catalog.preview(template, locale, sample)
 
     def _not_found(self, message: str) -> web.Response:
         return _html(not_found_page(self.catalog, message), status=404)

@@ -1,4 +1,4 @@
-"""`herald check`: secrets that are used but not defined under `secrets:`.
+"""Secret checks: secrets that are used but not defined under `secrets:`.
 
 An undefined secret is "" in a template and None in a handler, so a typo silently
 drops a link or an API key; these checks find it before it ships. Looked at:
@@ -113,7 +113,7 @@ def _template_refs(renderer: Renderer, path: Path) -> Refs:
     try:
         tree = renderer.env.parse(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, TemplateSyntaxError):
-        return []  # Renderer.check reports it
+        return []  # template_problems reports it
     return list(_jinja_refs(tree))
 
 
