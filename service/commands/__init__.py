@@ -1,0 +1,1 @@
+"""The implementations of the `herald` subcommands; `service.cli` parses the arguments."""
