@@ -26,16 +26,59 @@ from bench.report import update_section
 __all__ = ["COMPONENTS", "Profiler", "summarize"]
 
 RATE = 200  # samples per second
-_PIPELINE = ("flows", "actions", "mail/mailer", "consumer", "batches", "app", "outputs", "retry")
+_PIPELINE = (
+    "flows",
+    "actions",
+    "mail/mailer",
+    "mail/claims",
+    "mail/request",
+    "consumer",
+    "consumed",
+    "deliveries",
+    "kafka/batches",
+    "app",
+    "kafka/outputs",
+    "kafka/status",
+    "retry",
+    "retrier",
+)
 #: (component, path fragments), the first match of the innermost matching frame wins.
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("render (Jinja2)", ("service/mail/render.py", "/jinja2/", "<template>", ".j2")),
     ("MIME build", ("service/mail/message.py", "service/mail/encoding.py")),
-    ("SMTP client (aiosmtplib, pool)", ("/aiosmtplib/", "service/mail/transport.py")),
-    ("dedupe + rate limit (sqlite)", ("service/dedupe.py", "service/ratelimit.py", "sqlite3")),
+    (
+        "SMTP client (aiosmtplib, pool)",
+        (
+            "/aiosmtplib/",
+            "service/mail/transport.py",
+            "service/mail/smtp_",
+            "service/mail/aiosmtplib",
+        ),
+    ),
+    (
+        "dedupe + rate limit (sqlite)",
+        (
+            "service/dedupe/",
+            "service/ratelimit/",
+            "service/shared_sqlite.py",
+            "service/delivery_stores.py",
+            "sqlite3",
+        ),
+    ),
     ("logging", ("/logging/", "service/logs.py")),
     ("metrics (prometheus_client)", ("/prometheus_client/", "service/metrics.py")),
-    ("Kafka (aiokafka, FastStream)", ("/aiokafka/", "/faststream/", "service/kafka.py")),
+    (
+        "Kafka (aiokafka, FastStream)",
+        (
+            "/aiokafka/",
+            "/faststream/",
+            "service/kafka/__init__.py",
+            "service/kafka/subscriber.py",
+            "service/kafka/transactions.py",
+            "service/kafka/retries.py",
+            "service/kafka/lag.py",
+        ),
+    ),
     ("event parsing", ("service/events.py", "service/formats/")),
     (
         "flows, actions, mailer, consumer",

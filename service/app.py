@@ -9,16 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import TypeVar
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_random_exponential,
-)
 
 from service.actions import compile_flows
 from service.checks import check_config
@@ -31,21 +23,19 @@ from service.flows import FlowEngine
 from service.formats import parser_for
 from service.http import HttpServer
 from service.kafka import (
-    CONNECTION_ERRORS,
     KafkaBroker,
     KafkaProducer,
-    KafkaUnavailable,
     committed_metadata,
+    connect_until_up,
     consumer_broker,
-    diagnose,
     producer_options,
-    quiet_bootstrap_errors,
     retry_consumer,
     started_producer,
 )
 from service.kafka.assignment import Assignment
 from service.kafka.batches import BATCH_BUDGET_S, BatchRunner
 from service.kafka.outputs import Outputs
+from service.kafka.retries import RetryScheduler
 from service.kafka.transactions import Transactions
 from service.mail.mailer import Mailer
 from service.mail.render import Renderer
@@ -53,7 +43,6 @@ from service.mail.transport import SmtpPool
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter, open_rate_limiter
 from service.retrier import Retrier
-from service.retries import RetryScheduler
 from service.retry import RetryPolicy
 
 __all__ = ["Herald"]
@@ -63,11 +52,8 @@ log = logging.getLogger("herald")
 #: Sections whose change takes effect only after a restart (they own connections).
 _RESTART_SECTIONS = ("kafka", "smtp", "dedupe", "rate_limit", "http")
 _T = TypeVar("_T")
-_CONNECT_MAX_BACKOFF_S = 30.0
 #: How often a dependency that is down (SMTP server, dedupe store) is probed: first, at most.
 _PROBE_BACKOFF_S = (0.5, 5.0)
-#: While Kafka stays down for the same reason, it is logged again at most this often.
-_REPEAT_LOG_S = 60.0
 #: SIGTERM gives the records and retries in flight this long to finish, then cancels them.
 DRAIN_S = 10.0
 #: Kafka's default cap on a transaction's timeout (`transaction.max.timeout.ms`).
@@ -81,7 +67,7 @@ class Herald:
         self.config = config
         self.metrics = Metrics()
         self.assignment = Assignment(config.kafka.group_id)
-        self.smtp = _smtp_pool(config)
+        self.smtp = SmtpPool.for_config(config.smtp)
         self.transactions: Transactions | None = None
         self.deliveries: DeliveryLog | None = None
         self.dedupe: DedupeStore | None = None
@@ -161,24 +147,16 @@ class Herald:
             timeout_s = min(self._max_poll_interval_s() + 60, _MAX_TRANSACTION_S)
             self.transactions = Transactions(options, timeout_ms=int(timeout_s * 1000))
             self.assignment.transactions = self.transactions
-        quiet_bootstrap_errors()
-        outage = _OutageLog(self.config.kafka.bootstrap_servers)
-        async for attempt in AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.5, max=_CONNECT_MAX_BACKOFF_S),
-            retry=retry_if_exception_type(KafkaUnavailable),
-            before_sleep=outage.report,
-        ):
-            with attempt:
-                try:
-                    if self.producer is None:
-                        self.producer = await started_producer(options)
-                    if self.processor is None:
-                        self.processor = self._processor(dedupe, self.producer)
-                    await self._start_consumer(self.processor)
-                    await self._start_retries()
-                except CONNECTION_ERRORS as exc:
-                    raise await diagnose(self.config.kafka, exc) from exc
-        outage.recovered()
+
+        async def connect() -> None:
+            if self.producer is None:
+                self.producer = await started_producer(options)
+            if self.processor is None:
+                self.processor = self._processor(dedupe, self.producer)
+            await self._start_consumer(self.processor)
+            await self._start_retries()
+
+        await connect_until_up(self.config.kafka, connect)
 
     async def _start_retries(self) -> None:
         if self.scheduler is not None or self.retrier is None:
@@ -316,54 +294,3 @@ class Herald:
             runner.handle,
             max_poll_interval_s=self._max_poll_interval_s(),
         )
-
-
-class _OutageLog:
-    """Kafka connection failures, logged so that they do not flood the log: the first (and
-    each new reason) at error level, the same reason again at most every `_REPEAT_LOG_S`."""
-
-    def __init__(self, servers: str) -> None:
-        self.servers = servers
-        self.reason = ""
-        self.logged_at = 0.0
-        self.attempts = 0
-
-    def report(self, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        if not isinstance(error, KafkaUnavailable):
-            return
-        self.attempts = state.attempt_number
-        extra = {
-            "kafka_error": error.kind,
-            "bootstrap_servers": self.servers,
-            "attempt": state.attempt_number,
-            "retry_in_s": round(state.next_action.sleep, 1) if state.next_action else None,
-        }
-        now = time.monotonic()
-        if str(error) != self.reason:
-            level = logging.ERROR
-        elif now - self.logged_at >= _REPEAT_LOG_S:
-            level = logging.WARNING
-        else:
-            log.debug(str(error), extra=extra)
-            return
-        log.log(level, str(error), extra=extra)
-        self.reason, self.logged_at = str(error), now
-
-    def recovered(self) -> None:
-        if self.attempts:
-            log.info("kafka connected", extra={"after_attempts": self.attempts + 1})
-
-
-def _smtp_pool(config: Config) -> SmtpPool:
-    smtp = config.smtp
-    return SmtpPool(
-        smtp.host,
-        smtp.port,
-        security=smtp.security,
-        username=smtp.username,
-        password=smtp.password.get_secret_value(),
-        timeout_s=smtp.timeout_s,
-        data_timeout_s=smtp.data_timeout_s,
-        size=smtp.pool_size,
-    )

@@ -11,16 +11,14 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from service.addresses import mask_address
-from service.deliveries import from_event_position
+from service.consumed import Record, consuming
 from service.events import Event, MalformedEvent, parse_cloudevent, present_headers
 from service.failures import ActionFailed, Outage, OutputFailed
 from service.flows import FlowEngine, FlowResult
 from service.formats import Parser
-from service.kafka.outputs import Outputs, Record
-from service.kafka.transactions import consuming
 from service.logs import mask_addresses
 from service.metrics import LabelledCounter, Metrics
 from service.retrier import Retrier
@@ -31,6 +29,27 @@ log = logging.getLogger("herald.events")
 
 PRE_REGISTRATION = "pre-user-registration"
 _OUTPUT_HEADERS = frozenset({"reply_to", "correlation_id"})
+
+
+class Outputs(Protocol):
+    """What a flow's end writes (service/kafka/outputs.py): its outputs, or its dead letter."""
+
+    async def metadata_command(
+        self,
+        event_id: str,
+        user_id: str,
+        user_metadata: dict[str, Any],
+        app_metadata: dict[str, Any],
+    ) -> None: ...
+
+    async def decision(
+        self, body: dict[str, Any], user_id: str, reply_to: str | None, correlation_id: bytes | None
+    ) -> str: ...
+
+    async def dead_letter(self, record: Record, error: str, reason: str) -> str: ...
+
+    async def flush(self) -> None:
+        """Until everything written so far is acknowledged (before a commit)."""
 
 
 def _nothing(record: Record) -> None:
@@ -94,8 +113,7 @@ class Processor:
             for record in records:
                 if handback is not None and handback.is_set():
                     return
-                position = (record.topic, record.partition, record.offset)
-                with consuming(record.topic, record.partition), from_event_position(position):
+                with consuming(record.topic, record.partition, record.offset):
                     await self.process(record)
                 finished(record)
 

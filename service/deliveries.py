@@ -13,20 +13,19 @@ event through the recorded topic, partition and offset.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
 
 from service.addresses import mask_address
+from service.consumed import Position, event_position
 
 __all__ = [
     "STATUS_TYPE",
@@ -34,9 +33,6 @@ __all__ = [
     "DeliveryLog",
     "DeliveryStore",
     "MemoryDeliveries",
-    "Position",
-    "delivery_source",
-    "from_event_position",
 ]
 
 log = logging.getLogger("herald")
@@ -45,28 +41,6 @@ STATUS_TYPE = "herald.email.status"
 _STATUS_KEY = b"herald.email.status"
 #: The memory backend keeps this many records at most.
 _MEMORY_KEPT = 100_000
-
-#: Where an event was read: topic, partition, offset.
-Position = tuple[str, int, int]
-
-_SOURCE: contextvars.ContextVar[Position | None] = contextvars.ContextVar(
-    "herald_event_position", default=None
-)
-
-
-@contextmanager
-def from_event_position(position: Position | None) -> Iterator[None]:
-    """Emails requested inside come from the event read at `position`."""
-    token = _SOURCE.set(position)
-    try:
-        yield
-    finally:
-        _SOURCE.reset(token)
-
-
-def delivery_source() -> Position | None:
-    return _SOURCE.get()
-
 
 @dataclasses.dataclass(slots=True)
 class Delivery:
@@ -240,7 +214,7 @@ class DeliveryLog:
         # A first attempt sent is the common case, and has no record yet.
         fresh = status == "sent" and fields.get("attempts", 1) <= 1 and not resend
         current = None if fresh else await self._get(record_id)
-        position = source or delivery_source()
+        position = source or event_position()
         if current is None:
             current = Delivery(
                 id=record_id,

@@ -1,4 +1,4 @@
-"""Identity events: the one place that decides "malformed → dead letter" (SPEC §5)."""
+"""Identity events: the one place that decides "malformed → dead letter" (README: Events)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ class Event:
 
 
 def present_headers(headers: Sequence[tuple[str, bytes | None]]) -> list[tuple[str, bytes]]:
-    """The headers that count: a Kafka header whose value is null counts as absent (SPEC §5)."""
+    """The headers that count: a Kafka header whose value is null counts as absent
+    (README: Events)."""
     return [(name, value) for name, value in headers if value is not None]
 
 

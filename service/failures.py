@@ -28,10 +28,10 @@
                                    dead-lettered (RFC 1047)
 
 Where each is decided, once per dependency:
-- SMTP: `service.mail.transport.classify` maps aiosmtplib's errors into
+- SMTP: `service.mail.smtp_errors.classify` maps aiosmtplib's errors into
   `DeliveryError` (transient / permanent / server unavailable / uncertain); `Mailer`
   turns those into the fates above (an uncertain one never leaves it as an exception).
-- The dedupe store: `service.dedupe.redis_call` raises `DedupeUnavailable`; `Mailer`
+- The dedupe store: `service.redis_client.redis_call` raises `DedupeUnavailable`; `Mailer`
   turns it into `StoreUnavailable`.
 - Kafka: `service.kafka.diagnose` maps client errors into `KafkaUnavailable`, for the
   connection loop of `herald run` and for the CLI. Producing, `service.kafka.outputs` raises

@@ -1,4 +1,4 @@
-"""HTTP endpoints (README: HTTP endpoints): liveness, readiness, Prometheus metrics, the
+"""HTTP endpoints (README: Operations): liveness, readiness, Prometheus metrics, the
 decision webhook, the delivery records.
 
 What keeps the webhook from being abused by whoever can reach the port:

@@ -175,16 +175,7 @@ async def _mailer(config: Config) -> AsyncIterator[Mailer]:
     d, smtp = config.dedupe, config.smtp
     dedupe = dedupe_store(d.backend, path=d.path, url=d.url, ttl_s=d.ttl_s)
     store = open_deliveries(d.backend, path=d.path, url=d.url, ttl_s=d.ttl_s)
-    pool = SmtpPool(
-        smtp.host,
-        smtp.port,
-        security=smtp.security,
-        username=smtp.username,
-        password=smtp.password.get_secret_value(),
-        timeout_s=smtp.timeout_s,
-        data_timeout_s=smtp.data_timeout_s,
-        size=1,
-    )
+    pool = SmtpPool.for_config(config.smtp, size=1)
     producer: KafkaProducer | None = None
     outputs: Outputs | None = None
     log = DeliveryLog(store, show_addresses=config.log.show_addresses)

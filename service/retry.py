@@ -3,7 +3,7 @@
 Fates, as decided here: attempt 1 is made when the event is processed; after a transient
 failure attempt n+1 is due `delay(n+1)` seconds later, until `attempts` tries were made;
 then the email is dead-lettered (`SmtpRetriesExhausted`). The waits are not spent inside
-a batch: the email is written to the retry topic with its due time (service/retries.py).
+a batch: the email is written to the retry topic with its due time (service/kafka/retries.py).
 
 The wait before attempt n is `initial_backoff_s * 2**(n-2)`, capped at `max_backoff_s`,
 stretched by up to 20% of jitter so that many emails failing together do not all come

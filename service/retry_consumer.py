@@ -1,6 +1,6 @@
 """What the retry scheduler needs of the Kafka client, as small protocols: its consumer,
 the partitions' transactions, the committed metadata and the errors it raises
-(service/retries.py gives it aiokafka's)."""
+(service/kafka/retries.py gives it aiokafka's)."""
 
 from __future__ import annotations
 

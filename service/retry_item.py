@@ -17,28 +17,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
+from service.consumed import Record
 from service.mail.request import EmailRequest
 
 __all__ = ["MalformedRetry", "Original", "Record", "RetryItem", "read_item", "retry_headers"]
 
 _PREFIX = "x-herald-retry-"
 _ORIGINAL = ("x-herald-original-topic", "x-herald-original-partition", "x-herald-original-offset")
-
-
-class Record(Protocol):
-    """The parts of a consumed Kafka record an item is made of (aiokafka's ConsumerRecord,
-    or an `Original`)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
 
 
 class MalformedRetry(ValueError):

@@ -10,7 +10,7 @@ one due sooner. A retry-topic offset is committed only up to the oldest item not
 finished (service/retry_progress.py), so an item survives SIGKILL.
 
 This module sees the Kafka client only through the protocols of service/retry_consumer.py;
-service/retries.py binds it to aiokafka.
+service/kafka/retries.py binds it to aiokafka.
 """
 
 from __future__ import annotations

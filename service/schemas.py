@@ -1,4 +1,4 @@
-"""Message schemas of Herald's topics (SPEC §5, §6), as pydantic models.
+"""Message schemas of Herald's topics (README: Events, Outputs), as pydantic models.
 
 Documentation only: Herald validates input in `service.events` (one place decides
 "malformed → dead letter"). These models give the AsyncAPI document its JSON Schemas.

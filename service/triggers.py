@@ -1,4 +1,5 @@
-"""The trigger table (SPEC §2): flow keys, CloudEvents types, and what each allows."""
+"""The trigger table (README: Flows and actions): flow keys, CloudEvents types, and what
+each allows."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ __all__ = ["ACTIONS", "TRIGGERS", "TRIGGERS_BY_TYPE", "Trigger"]
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
-    """One flow key of SPEC §2 and the rules that come with it."""
+    """One flow key of README: Flows and actions and the rules that come with it."""
 
     name: str
     event_type: str
@@ -41,5 +42,5 @@ TRIGGERS: dict[str, Trigger] = {
 
 TRIGGERS_BY_TYPE: dict[str, Trigger] = {t.event_type: t for t in TRIGGERS.values()}
 
-#: Every built-in action name (SPEC §4).
+#: Every built-in action name (README: Configuration).
 ACTIONS: frozenset[str] = frozenset().union(*(t.actions for t in TRIGGERS.values()))

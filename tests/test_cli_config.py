@@ -1,5 +1,6 @@
 """The command line as operators write it: `--config` before or after any command
-(SPEC §3), and Kubernetes' `HERALD_*` service variables beside Herald's own (SPEC §4)."""
+(README: Command line), and Kubernetes' `HERALD_*` service variables beside Herald's own
+(README: Configuration)."""
 
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ def test_out_of_range_and_bad_choice() -> None:
 
 
 def test_data_timeout_is_its_own_and_positive() -> None:
-    """`smtp.data_timeout_s` bounds only the reply to the final "." (SPEC §4)."""
+    """`smtp.data_timeout_s` bounds only the reply to the final "." (README: Configuration)."""
     smtp = parse("smtp:\n  timeout_s: 1\n").smtp
     assert (smtp.timeout_s, smtp.data_timeout_s) == (1, 600)
     assert parse("smtp:\n  data_timeout_s: 0.5\n").smtp.data_timeout_s == 0.5

@@ -1,4 +1,5 @@
-"""Identity-provider formats: Auth0 log events and Keycloak events → CloudEvents (SPEC §5)."""
+"""Identity-provider formats: Auth0 log events and Keycloak events → CloudEvents
+(README: Events)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""SPEC §7 under faults: redelivery, SMTP outage, SIGTERM, SIGKILL, rate limit. (Several
-instances in one group: tests/real_kafka/test_scale_out.py; the embedded broker's group
-joins are unreliable with more than one member.)"""
+"""Delivery guarantees (README) under faults: redelivery, SMTP outage, SIGTERM, SIGKILL,
+rate limit. (Several instances in one group: tests/real_kafka/test_scale_out.py; the
+embedded broker's group joins are unreliable with more than one member.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The webhook nobody can abuse (SPEC §4, §8): bearer token, body limit, header timeout.
+"""The webhook nobody can abuse (README: Configuration, Operations): bearer token, body
+limit, header timeout.
 
 Real Herald (in process or `herald run`) against the embedded broker and aiosmtpd.
 """

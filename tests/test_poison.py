@@ -1,6 +1,6 @@
-"""No poison pill (SPEC §5-§7): a record that fails for itself is dead-lettered, and the
-next record of its lane (same key, so it can only run once the bad one reached its end)
-is processed; only an outage rewinds the batch.
+"""No poison pill (README: Events, Outputs, Delivery guarantees): a record that fails for
+itself is dead-lettered, and the next record of its lane (same key, so it can only run
+once the bad one reached its end) is processed; only an outage rewinds the batch.
 
 Every bad record below is followed by a password-change event on the same Kafka key; its
 email arriving is what "the next user's email goes out" looks like.
@@ -64,7 +64,7 @@ async def delivered(smtp: RecordingSMTP, *events: dict[str, Any]) -> None:
     )
 
 
-# --- A Kafka header whose value is null counts as absent (SPEC §5) -------------------
+# --- A Kafka header whose value is null counts as absent (README: Events) -------------------
 
 
 @pytest.mark.parametrize("trigger", ["pre-user-registration", "post-login"])
@@ -72,7 +72,7 @@ async def test_a_null_reply_to_is_absent(
     kafka: EmbeddedKafka, smtp: RecordingSMTP, client: Kafka, tmp_path: Path, trigger: str
 ) -> None:
     """Without `reply_to` a sign-up's decision goes to the decisions topic and a login
-    publishes none (SPEC §2, §6): a null `reply_to` is no different."""
+    publishes none (README: Flows and actions, Outputs): a null `reply_to` is no different."""
     config = make_config(kafka, smtp, tmp_path)
     topic = config.kafka.topics[0]
     event, after = load_example(trigger), follower("reply")
@@ -157,7 +157,7 @@ async def test_a_null_optional_ce_header_is_absent_and_the_email_goes_out(
     assert await client.read(topic + ".dlq", 1, timeout=1) == []
 
 
-# --- An output Herald cannot publish → OutputFailed (SPEC §6) -----------------------
+# --- An output Herald cannot publish → OutputFailed (README: Outputs) -----------------------
 
 
 @pytest.mark.parametrize(
@@ -245,7 +245,7 @@ async def test_a_reply_to_topic_kafka_refuses_is_dead_lettered_within_30_s(
     assert await client.read(config.kafka.decisions_topic, 1, timeout=1) == []
 
 
-# --- A dead letter the broker would refuse as too large (SPEC §6) -------------------
+# --- A dead letter the broker would refuse as too large (README: Outputs) -------------------
 
 
 @pytest.mark.parametrize(

@@ -35,16 +35,16 @@ from hypothesis import strategies as st
 
 from service.addresses import InvalidAddress, Mailbox, parse_mailbox
 from service.mail import aiosmtplib_internals, smtp_session
-from service.mail.smtp_session import DataUnanswered, Envelope, data_payload
-from service.mail.transport import (
+from service.mail.smtp_errors import (
     DeliveryError,
     DeliveryUncertain,
     PermanentError,
     ServerUnavailable,
-    SmtpPool,
     TransientError,
     classify,
 )
+from service.mail.smtp_session import DataUnanswered, Envelope, data_payload
+from service.mail.transport import SmtpPool
 
 HOST = "127.0.0.1"
 SENDER = "no-reply@example.com"

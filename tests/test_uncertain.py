@@ -1,5 +1,6 @@
-"""A slow or missing reply to the final "." never sends an email twice (issue 11; SPEC
-§4 `smtp.data_timeout_s`, §6 status `uncertain`, §7; RFC 5321 §4.5.3.2.6, RFC 1047).
+"""A slow or missing reply to the final "." never sends an email twice (README:
+Configuration `smtp.data_timeout_s`, Outputs status `uncertain`, Delivery guarantees;
+RFC 5321 §4.5.3.2.6, RFC 1047).
 
 The servers here keep the message as soon as it arrives and only then take their time
 to answer, as a real one that queued the email but is slow to say so."""

@@ -30,7 +30,7 @@ def check_file(path: Path, environ: Mapping[str, str]) -> Config:
     """Load the config at `path` and run every check; ConfigError holds all problems.
 
     When the file itself has problems, the checks below still run on what is valid in
-    it (`service.config_partial`), so one run reports every problem it can find.
+    it (`service.config.partial`), so one run reports every problem it can find.
     """
     try:
         config = load_config(path, environ)

@@ -1,4 +1,4 @@
-"""Input formats (`kafka.format`): CloudEvents, or an identity provider's own JSON (SPEC §5).
+"""Input formats (`kafka.format`): CloudEvents, or an identity provider's own JSON (README: Events).
 
 Each provider module maps its JSON to a CloudEvents envelope, which then goes through
 the same validation as native CloudEvents: one place decides "malformed → dead letter".

@@ -9,6 +9,8 @@ from faststream.kafka import KafkaBroker
 from service.kafka.errors import (
     CONNECTION_ERRORS,
     KafkaUnavailable,
+    OutageLog,
+    connect_until_up,
     diagnose,
     quiet_bootstrap_errors,
 )
@@ -34,7 +36,9 @@ __all__ = [
     "KafkaBroker",
     "KafkaProducer",
     "KafkaUnavailable",
+    "OutageLog",
     "committed_metadata",
+    "connect_until_up",
     "consumer_broker",
     "consumer_options",
     "declare_subscriber",

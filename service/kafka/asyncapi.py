@@ -1,7 +1,7 @@
 """Herald's AsyncAPI document: the topics it consumes and produces, with message schemas.
 
 Built from the same broker and subscriber declaration as the running app
-(`service.app`), plus publisher declarations for the outputs of SPEC §6. The
+(`service.app`), plus publisher declarations for the outputs of README: Outputs. The
 document is regenerated with `herald asyncapi --output docs/asyncapi.json`
 (`make docs`); a test fails when the committed one is stale.
 """

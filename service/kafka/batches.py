@@ -28,10 +28,10 @@ from typing import Any, Protocol
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from service.consumed import Record
 from service.consumer import Processor
 from service.failures import Outage
 from service.kafka.lag import update_lag
-from service.kafka.outputs import Record
 from service.kafka.transactions import Transactions
 from service.metrics import Metrics
 

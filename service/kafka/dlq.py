@@ -1,4 +1,5 @@
-"""`herald dlq replay`: re-publish dead letters to the topic they came from (SPEC §3, §6).
+"""`herald dlq replay`: re-publish dead letters to the topic they came from (README:
+Command line, Outputs).
 
 The replay reads `<input topic><dlq_suffix>` from the offsets committed by the consumer
 group `<group_id>-dlq-replay` (from the beginning the first time) and, for each dead

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import time
+from collections.abc import Awaitable, Callable
 
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -19,6 +21,12 @@ from faststream.security import (
     SASLScram256,
     SASLScram512,
 )
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_random_exponential,
+)
 
 from service.config import KafkaConfig
 from service.failures import KafkaUnavailable
@@ -31,6 +39,12 @@ _FETCH_MAX_WAIT_MS = 25
 _SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
 _PROBE_TIMEOUT_MS = 5_000
 
+
+log = logging.getLogger("herald")
+
+#: While Kafka stays down for the same reason, it is logged again at most this often.
+_REPEAT_LOG_S = 60.0
+_CONNECT_MAX_BACKOFF_S = 30.0
 
 #: What a Kafka client call raises when Kafka cannot be used: `diagnose` words it.
 CONNECTION_ERRORS = (KafkaError, OSError, TimeoutError)
@@ -110,3 +124,60 @@ async def _probe(cfg: KafkaConfig) -> BaseException | None:
         conn.close()
         return None
     return first
+
+
+class OutageLog:
+    """Kafka connection failures, logged so that they do not flood the log: the first (and
+    each new reason) at error level, the same reason again at most every `_REPEAT_LOG_S`."""
+
+    def __init__(self, servers: str) -> None:
+        self.servers = servers
+        self.reason = ""
+        self.logged_at = 0.0
+        self.attempts = 0
+
+    def report(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        if not isinstance(error, KafkaUnavailable):
+            return
+        self.attempts = state.attempt_number
+        extra = {
+            "kafka_error": error.kind,
+            "bootstrap_servers": self.servers,
+            "attempt": state.attempt_number,
+            "retry_in_s": round(state.next_action.sleep, 1) if state.next_action else None,
+        }
+        now = time.monotonic()
+        if str(error) != self.reason:
+            level = logging.ERROR
+        elif now - self.logged_at >= _REPEAT_LOG_S:
+            level = logging.WARNING
+        else:
+            log.debug(str(error), extra=extra)
+            return
+        log.log(level, str(error), extra=extra)
+        self.reason, self.logged_at = str(error), now
+
+    def recovered(self) -> None:
+        if self.attempts:
+            log.info("kafka connected", extra={"after_attempts": self.attempts + 1})
+
+
+async def connect_until_up(cfg: KafkaConfig, connect: Callable[[], Awaitable[None]]) -> None:
+    """Run `connect` until it works, however long, with backoff: a refused login, an
+    untrusted certificate, a broker down or refusing the join is retried (and logged by
+    `OutageLog`); a bad setting that is not Kafka's answer (a missing `ssl_cafile`)
+    raises at once."""
+    quiet_bootstrap_errors()
+    outage = OutageLog(cfg.bootstrap_servers)
+    async for attempt in AsyncRetrying(
+        wait=wait_random_exponential(multiplier=0.5, max=_CONNECT_MAX_BACKOFF_S),
+        retry=retry_if_exception_type(KafkaUnavailable),
+        before_sleep=outage.report,
+    ):
+        with attempt:
+            try:
+                await connect()
+            except CONNECTION_ERRORS as exc:
+                raise await diagnose(cfg, exc) from exc
+    outage.recovered()

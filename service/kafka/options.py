@@ -60,7 +60,7 @@ def producer_options(cfg: KafkaConfig) -> dict[str, Any]:
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
-        # Outputs checks a dead letter against this before sending it (SPEC §6).
+        # Outputs checks a dead letter against this before sending it (README: Outputs).
         "max_request_size": MAX_REQUEST_BYTES,
         **parse_security(security(cfg)),
     }

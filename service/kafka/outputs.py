@@ -1,4 +1,4 @@
-"""What Herald produces to Kafka (SPEC §6): dead letters, metadata commands, decisions.
+"""What Herald produces to Kafka (README: Outputs): dead letters, metadata commands, decisions.
 
 Fates of a failed output, decided here: a fault of the one record (a value that cannot
 be serialized or is too large, a `reply_to` topic Kafka does not know or refuses) raises
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -20,14 +19,15 @@ from typing import Any, Protocol
 
 import orjson
 from aiokafka.errors import (
-    KafkaError,
     MessageSizeTooLargeError,
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
 
+from service.consumed import Record, source_partition
 from service.failures import OutputFailed
-from service.kafka.transactions import Transactions, current_source, send_keyed
+from service.kafka.status import StatusEvents
+from service.kafka.transactions import Transactions
 
 __all__ = [
     "COMMAND_TYPE",
@@ -49,14 +49,10 @@ _MAX_REASON_BYTES = 2000
 #: The producer's `max_request_size` (aiokafka's default; service.kafka sets it).
 MAX_REQUEST_BYTES = 1024 * 1024
 #: How long a decision waits for its `reply_to` topic to be known and writable before its
-#: event is dead-lettered (SPEC §6: at most 30 s). Short, as the batch waits meanwhile;
+#: event is dead-lettered (README: Outputs: at most 30 s). Short, as the batch waits meanwhile;
 #: aiokafka alone waits `request_timeout_ms` (40 s), and the rewound batch waited again.
 REPLY_TOPIC_WAIT_S = 10.0
 _TOPIC_RETRY_S = 0.5
-#: How long the first status event waits for Kafka to know the status topic, and how
-#: often that is asked again.
-_STATUS_TOPIC_WAIT_S = 5.0
-_STATUS_RECHECK_S = 60.0
 #: Kafka's rule for topic names. A broker refuses any other name, and one too long for
 #: the protocol would break every later metadata request of the shared producer.
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -64,21 +60,8 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 #: prefix (key, value, every header's name and value) is a varint of at most 5 bytes.
 _BATCH_OVERHEAD = 128
 _PREFIX = 5
-
-
 #: Kafka headers as they may be written: a null value is a header too.
 Headers = Sequence[tuple[str, bytes | None]]
-
-
-class Record(Protocol):
-    """The parts of a consumed Kafka record Herald needs (aiokafka's ConsumerRecord)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]  # values may be null on the wire (present_headers)
 
 
 class Producer(Protocol):
@@ -117,14 +100,9 @@ class Outputs:
         status_topic: str | None = None,
     ) -> None:
         self.producer = producer
-        self.status_topic = status_topic
-        #: Status events queued (with the partition whose transaction they belong to),
-        #: and written but not yet acknowledged: `flush` before a commit.
-        self._statuses: list[tuple[Any, bytes, bytes]] = []
-        self._unacked: list[asyncio.Future[Any]] = []
-        self._status_known = True
-        self._status_checked_at = -_STATUS_RECHECK_S
-        self._status_lock = asyncio.Lock()
+        self.statuses = (
+            StatusEvents(producer, status_topic, transactions) if status_topic else None
+        )
         #: `kafka.exactly_once`: outputs of a consumed record go in its partition's
         #: transaction; others (the decision webhook's) through the plain producer.
         self.transactions = transactions
@@ -237,59 +215,21 @@ class Outputs:
         key: bytes | None,
         headers: list[tuple[str, bytes | None]] | None,
     ) -> None:
-        source = current_source() if self.transactions is not None else None
+        source = source_partition() if self.transactions is not None else None
         if source is None or self.transactions is None:
             await self.producer.send_and_wait(topic, value, key=key, headers=headers)
         else:
             await self.transactions.send(source, topic, value, key, headers)
 
     def status(self, key: bytes, value: bytes) -> None:
-        """A delivery status event for `status_topic`, queued: `flush` writes the queued
-        ones (one record batch per partition, in the transaction of the record being
-        processed now) before the batch or the retry scheduler commits."""
-        if self.status_topic is not None:
-            source = current_source() if self.transactions is not None else None
-            self._statuses.append((source, key, value))
-
-    async def _status_topic_known(self) -> bool:
-        """Whether Kafka knows `status_topic`, asked at most once a minute: a status topic
-        nobody created must not hold every email for the producer's metadata wait."""
-        if time.monotonic() < self._status_checked_at + _STATUS_RECHECK_S:
-            return self._status_known
-        async with self._status_lock:  # one question at a time; the others wait for it
-            if time.monotonic() < self._status_checked_at + _STATUS_RECHECK_S:
-                return self._status_known
-            try:
-                async with asyncio.timeout(_STATUS_TOPIC_WAIT_S):
-                    await self.producer.partitions_for(self.status_topic or "")
-                known = True
-            except (TimeoutError, KafkaError) as exc:
-                if self._status_known:
-                    log.error(
-                        "status topic unavailable; status events are skipped until it exists",
-                        extra={"status_topic": self.status_topic, "error": type(exc).__name__},
-                    )
-                known = False
-            self._status_known, self._status_checked_at = known, time.monotonic()
-        return self._status_known
+        """A delivery status event, queued for the next `flush` (service/kafka/status.py)."""
+        if self.statuses is not None:
+            self.statuses.queue(key, value)
 
     async def flush(self) -> None:
         """Write the queued status events and wait until Kafka has acknowledged every one;
         raises if one failed (the batch is then consumed again)."""
-        queued, self._statuses = self._statuses, []
-        if queued and self.status_topic is not None and await self._status_topic_known():
-            by_source: dict[Any, list[tuple[bytes, bytes]]] = {}
-            for source, key, value in queued:
-                by_source.setdefault(source, []).append((key, value))
-            for source, items in by_source.items():
-                if source is None or self.transactions is None:
-                    futures = await send_keyed(self.producer, self.status_topic, items)
-                else:
-                    futures = await self.transactions.enqueue_keyed(
-                        source, self.status_topic, items
-                    )
-                self._unacked.extend(futures)
-        pending, self._unacked = self._unacked, []
+        pending = await self.statuses.write() if self.statuses is not None else []
         if pending:
             await asyncio.gather(*pending)
 
@@ -317,7 +257,7 @@ class Outputs:
 
     async def retry(self, original: Record, headers: list[tuple[str, bytes]]) -> str:
         """An email's next attempt → `<input topic><retry_suffix>`: the original record's
-        key, value and headers, plus the retry's own headers (service/retries.py)."""
+        key, value and headers, plus the retry's own headers (service/kafka/retries.py)."""
         topic = original.topic + self.retry_suffix
         all_headers: list[tuple[str, bytes | None]] = [*original.headers, *headers]
         if _size(original.key, original.value or b"", all_headers) > self.max_request_size:

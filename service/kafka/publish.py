@@ -1,4 +1,4 @@
-"""`herald publish`: produce events from JSON files, keyed by user id as SPEC §5 asks."""
+"""`herald publish`: produce events from JSON files, keyed by user id as README: Events asks."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ _PROBE_TIMEOUT_MS = 5_000
 
 
 def retry_consumer(cfg: KafkaConfig, listener: ConsumerRebalanceListener) -> AIOKafkaConsumer:
-    """The consumer of the retry topics (service/retries.py): a group of its own, so the
+    """The consumer of the retry topics (service/kafka/retries.py): a group of its own, so the
     input consumer's rebalances do not move it; from the earliest offset, so a new group
     never skips a scheduled retry; commits only by hand."""
     consumer = AIOKafkaConsumer(
@@ -103,7 +103,7 @@ def declare_subscriber(
         ack_policy=AckPolicy.MANUAL,
         max_poll_interval_ms=int(max_poll_interval_s * 1000),
         isolation_level=isolation_level(cfg),
-        # `reply_to` is Herald's header for decisions (SPEC §6); FastStream would also
+        # `reply_to` is Herald's header for decisions (README: Outputs); FastStream would also
         # publish the handler's return value there, an empty record the caller cannot parse.
         no_reply=True,
         listener=listener,

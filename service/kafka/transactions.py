@@ -13,46 +13,25 @@ own commit: the group coordinator checks the consumer's generation, so a zombie 
 there too, and a batch that wrote nothing (emails only, without status events) pays no
 transaction round trips.
 
-Outputs reach the right transaction through `consuming(tp)`, set while a record of `tp`
-is processed (service/kafka/outputs.py reads it).
+Outputs reach the right transaction through `service.consumed.consuming`, set while a
+record of the partition is processed (service/kafka/outputs.py reads it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.partitioner import DefaultPartitioner
 
-__all__ = ["NotOwned", "Transactions", "consuming", "current_source", "send_keyed"]
+__all__ = ["NotOwned", "Transactions", "send_keyed"]
 
 log = logging.getLogger("herald")
-
-_SOURCE: contextvars.ContextVar[TopicPartition | None] = contextvars.ContextVar(
-    "herald_source", default=None
-)
-
-
-def current_source() -> TopicPartition | None:
-    """The partition of the record being processed, if any."""
-    return _SOURCE.get()
-
-
-@contextlib.contextmanager
-def consuming(topic: str, partition: int) -> Iterator[None]:
-    """Outputs written inside belong to the transaction of `topic`/`partition`."""
-    token = _SOURCE.set(TopicPartition(topic, partition))
-    try:
-        yield
-    finally:
-        _SOURCE.reset(token)
-
 
 #: An offset to commit, alone or with its metadata string.
 Offset = int | tuple[int, str]

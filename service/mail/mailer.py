@@ -33,7 +33,7 @@ from service.mail.compose import compose_email
 from service.mail.message import Mailbox, parse_mailbox
 from service.mail.render import Renderer, TemplateError
 from service.mail.request import EmailRequest, mailbox
-from service.mail.transport import (
+from service.mail.smtp_errors import (
     DeliveryError,
     DeliveryUncertain,
     PermanentError,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.deliveries import Position
+from service.consumed import Position
 from service.failures import EmailFailed
 from service.mail.message import InvalidAddress, Mailbox, parse_mailbox
 

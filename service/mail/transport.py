@@ -1,10 +1,9 @@
 """SMTP delivery over a pool of persistent aiosmtplib connections.
 
 `SmtpPool.send` raises only `DeliveryError`s, whose class is the email's fate; they
-are made by `service.mail.smtp_errors` (the one place that reads SMTP reply codes)
-and importable from here too. The commands of one mail transaction (PIPELINING, the
-message after DATA) are in `service.mail.smtp_session`; this module owns the
-connections.
+are made by `service.mail.smtp_errors` (the one place that reads SMTP reply codes).
+The commands of one mail transaction (PIPELINING, the message after DATA) are in
+`service.mail.smtp_session`; this module owns the connections.
 """
 
 from __future__ import annotations
@@ -19,12 +18,11 @@ from typing import Literal, Self
 
 from aiosmtplib import SMTP, SMTPHeloError
 
+from service.config import SmtpConfig
 from service.mail.smtp_errors import (
     DeliveryError,
-    DeliveryUncertain,
     PermanentError,
     ServerUnavailable,
-    TransientError,
     classify,
 )
 from service.mail.smtp_session import (
@@ -34,16 +32,7 @@ from service.mail.smtp_session import (
     transaction,
 )
 
-__all__ = [
-    "DeliveryError",
-    "DeliveryUncertain",
-    "PermanentError",
-    "Security",
-    "ServerUnavailable",
-    "SmtpPool",
-    "TransientError",
-    "classify",
-]
+__all__ = ["Security", "SmtpPool"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +102,20 @@ class SmtpPool:
         self._closed = False
         self._client()  # aiosmtplib validates its options here: fail now, not at a send
 
+
+    @classmethod
+    def for_config(cls, smtp: SmtpConfig, *, size: int | None = None) -> SmtpPool:
+        """The pool `smtp:` describes (`size` defaults to `smtp.pool_size`)."""
+        return cls(
+            smtp.host,
+            smtp.port,
+            security=smtp.security,
+            username=smtp.username,
+            password=smtp.password.get_secret_value(),
+            timeout_s=smtp.timeout_s,
+            data_timeout_s=smtp.data_timeout_s,
+            size=smtp.pool_size if size is None else size,
+        )
     async def __aenter__(self) -> Self:
         return self
 

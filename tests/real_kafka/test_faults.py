@@ -1,5 +1,5 @@
 """Brokers that go away under a running `herald run`: nothing lost, nothing doubled, and
-Herald recovers by itself (SPEC §7)."""
+Herald recovers by itself (README: Delivery guarantees)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from service.devtools.smtp import RecordingSMTP
 from tests.harness import ROOT, HeraldProcess, Kafka, config_file, load_example, make_config
 from tests.services.kraft import KafkaCluster, Scram
 
-#: Wall-clock bound for a CLI command that cannot log in (SPEC §3: one line, non-zero).
+#: Wall-clock bound for a CLI command that cannot log in (README: Command line: one line, non-zero).
 CLI_BOUND_S = 30
 
 

@@ -1,6 +1,6 @@
 """Several `herald run` instances in one consumer group on real Kafka, sharing the redis
 dedupe store: partitions spread over all of them, and a member killed mid-stream costs at
-most the sends it had in flight (SPEC §7)."""
+most the sends it had in flight (README: Delivery guarantees)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from service.kafka.transactions import Transactions, consuming
+from service.consumed import consuming
+from service.kafka.transactions import Transactions
 from service.metrics import Metrics
 from service.retrier import Retrier
 from service.retry_consumer import Committed, ConsumerErrors
