@@ -9,7 +9,7 @@ asyncio's included, count for their caller), else to "event loop, other".
 
     python -m bench.profiling FILE.txt EMAILS [RATE]   # summarize an existing recording
 
-Frames of `service/cli.py` and of asyncio alone (task steps, `select`) count as "event
+Frames of `service/commands/serve.py` and of asyncio alone (task steps, `select`) count as "event
 loop, other": the cost of running the loop, whichever task it serves.
 """
 
@@ -39,8 +39,11 @@ _PIPELINE = (
     "app",
     "kafka/outputs",
     "kafka/status",
-    "retry",
-    "retrier",
+    "retry/policy",
+    "retry/retrier",
+    "retry/item",
+    "retry/scheduler",
+    "retry/progress",
 )
 #: (component, path fragments), the first match of the innermost matching frame wins.
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [

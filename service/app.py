@@ -42,8 +42,8 @@ from service.mail.render import Renderer
 from service.mail.transport import SmtpPool
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter, open_rate_limiter
-from service.retrier import Retrier
-from service.retry import RetryPolicy
+from service.retry.policy import RetryPolicy
+from service.retry.retrier import Retrier
 
 __all__ = ["Herald"]
 

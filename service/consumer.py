@@ -21,7 +21,7 @@ from service.flows import FlowEngine, FlowResult
 from service.formats import Parser
 from service.logs import mask_addresses
 from service.metrics import LabelledCounter, Metrics
-from service.retrier import Retrier
+from service.retry.retrier import Retrier
 
 __all__ = ["Processor"]
 

@@ -33,6 +33,7 @@ __all__ = [
     "DeliveryLog",
     "DeliveryStore",
     "MemoryDeliveries",
+    "Query",
 ]
 
 log = logging.getLogger("herald")
@@ -41,6 +42,7 @@ STATUS_TYPE = "herald.email.status"
 _STATUS_KEY = b"herald.email.status"
 #: The memory backend keeps this many records at most.
 _MEMORY_KEPT = 100_000
+
 
 @dataclasses.dataclass(slots=True)
 class Delivery:
@@ -107,15 +109,8 @@ class DeliveryStore(Protocol):
 
     async def get(self, record_id: str) -> Delivery | None: ...
 
-    async def find(
-        self,
-        *,
-        event_id: str | None = None,
-        user_id: str | None = None,
-        to: str | None = None,
-        limit: int = 50,
-    ) -> list[Delivery]:
-        """Newest first (by `updated_at`)."""
+    async def find(self, query: Query) -> list[Delivery]:
+        """The records `query` matches, newest first (by `updated_at`)."""
         ...
 
     async def flush(self) -> None:
@@ -124,12 +119,21 @@ class DeliveryStore(Protocol):
     async def close(self) -> None: ...
 
 
-def matches(d: Delivery, event_id: str | None, user_id: str | None, to: str | None) -> bool:
-    return (
-        (event_id is None or d.event_id == event_id)
-        and (user_id is None or d.user_id == user_id)
-        and (to is None or d.to.lower() == to.lower())
-    )
+@dataclasses.dataclass(frozen=True, slots=True)
+class Query:
+    """Which records `find` returns: those every given filter matches, `limit` at most."""
+
+    event_id: str | None = None
+    user_id: str | None = None
+    to: str | None = None
+    limit: int = 50
+
+    def matches(self, d: Delivery) -> bool:
+        return (
+            (self.event_id is None or d.event_id == self.event_id)
+            and (self.user_id is None or d.user_id == self.user_id)
+            and (self.to is None or d.to.lower() == self.to.lower())
+        )
 
 
 class MemoryDeliveries:
@@ -150,22 +154,11 @@ class MemoryDeliveries:
         found = self._records.get(record_id)
         return dataclasses.replace(found) if found else None
 
-    async def find(
-        self,
-        *,
-        event_id: str | None = None,
-        user_id: str | None = None,
-        to: str | None = None,
-        limit: int = 50,
-    ) -> list[Delivery]:
+    async def find(self, query: Query) -> list[Delivery]:
         oldest = time.time() - self.ttl_s
-        found = [
-            d
-            for d in self._records.values()
-            if d.updated_at >= oldest and matches(d, event_id, user_id, to)
-        ]
+        found = [d for d in self._records.values() if d.updated_at >= oldest and query.matches(d)]
         found.sort(key=lambda d: d.updated_at, reverse=True)
-        return [dataclasses.replace(d) for d in found[:limit]]
+        return [dataclasses.replace(d) for d in found[: query.limit]]
 
     async def flush(self) -> None:
         return None

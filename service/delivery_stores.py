@@ -6,7 +6,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from service.deliveries import Delivery, DeliveryStore, MemoryDeliveries, matches
+from service.deliveries import Delivery, DeliveryStore, MemoryDeliveries, Query
 from service.redis_client import redis_call, redis_client
 from service.shared_sqlite import SqliteFile
 
@@ -95,14 +95,8 @@ class SqliteDeliveries:
         ).fetchone()
         return Delivery.from_json(row[0]) if row else None
 
-    async def find(
-        self,
-        *,
-        event_id: str | None = None,
-        user_id: str | None = None,
-        to: str | None = None,
-        limit: int = 50,
-    ) -> list[Delivery]:
+    async def find(self, query: Query) -> list[Delivery]:
+        event_id, user_id, to, limit = query.event_id, query.user_id, query.to, query.limit
         where: list[str] = ["updated_at >= ?"]
         args: list[object] = [time.time() - self.ttl_s]
         if event_id is not None:  # the range of ids that start with it
@@ -114,8 +108,7 @@ class SqliteDeliveries:
                 args.append(value.lower() if column == "recipient" else value)
         await self.flush()  # what is queued is found too
         rows = self._file.db.execute(
-            f"SELECT doc FROM deliveries WHERE {' AND '.join(where)}"
-            " ORDER BY rowid DESC LIMIT ?",
+            f"SELECT doc FROM deliveries WHERE {' AND '.join(where)} ORDER BY rowid DESC LIMIT ?",
             (*args, limit),
         ).fetchall()
         return [Delivery.from_json(row[0]) for row in rows]
@@ -155,14 +148,8 @@ class RedisDeliveries:
         )
         return Delivery.from_json(raw) if raw else None
 
-    async def find(
-        self,
-        *,
-        event_id: str | None = None,
-        user_id: str | None = None,
-        to: str | None = None,
-        limit: int = 50,
-    ) -> list[Delivery]:
+    async def find(self, query: Query) -> list[Delivery]:
+        event_id, user_id, to, limit = query.event_id, query.user_id, query.to, query.limit
         event_ix, user_ix, to_ix, all_ix = self._indexes(event_id or "", user_id or "", to or "")
         index = event_ix if event_id else user_ix if user_id else to_ix if to else all_ix
         # Read more than `limit` when other filters narrow the first one down.
@@ -180,7 +167,7 @@ class RedisDeliveries:
         )
         found = [Delivery.from_json(raw) for raw in raws if raw]
         oldest = time.time() - self.ttl_s
-        found = [d for d in found if d.updated_at >= oldest and matches(d, event_id, user_id, to)]
+        found = [d for d in found if d.updated_at >= oldest and query.matches(d)]
         found.sort(key=lambda d: d.updated_at, reverse=True)
         return found[:limit]
 

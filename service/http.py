@@ -32,7 +32,7 @@ from pydantic import SecretStr
 
 from service.config import HttpConfig
 from service.dedupe import DedupeUnavailable
-from service.deliveries import DeliveryStore
+from service.deliveries import DeliveryStore, Query
 from service.events import MAX_EVENT_BYTES, Event, MalformedEvent, validate_envelope
 from service.triggers import TRIGGERS, Trigger
 
@@ -164,6 +164,7 @@ class HttpServer:
         if event is None or event.trigger is not trigger:
             return _error(400, f"event type does not match trigger {trigger.name!r}")
         return web.json_response(await decider.decide(event), dumps=_dumps)
+
     async def messages(self, request: web.Request) -> web.Response:
         """The delivery records matching `event_id`, `user_id`, `to`, newest first."""
         records = self._records()
@@ -175,10 +176,12 @@ class HttpServer:
             return _error(400, f"limit must be a number from 1 to {_MESSAGES_MAX}")
         try:
             found = await records.find(
-                event_id=query.get("event_id") or None,
-                user_id=query.get("user_id") or None,
-                to=query.get("to") or None,
-                limit=int(raw_limit),
+                Query(
+                    event_id=query.get("event_id") or None,
+                    user_id=query.get("user_id") or None,
+                    to=query.get("to") or None,
+                    limit=int(raw_limit),
+                )
             )
         except DedupeUnavailable as exc:
             return _error(503, str(exc))

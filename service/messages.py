@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from service.addresses import mask_address
 from service.config import Config
 from service.dedupe import DedupeUnavailable, dedupe_store
-from service.deliveries import Delivery, DeliveryLog, DeliveryStore
+from service.deliveries import Delivery, DeliveryLog, DeliveryStore, Query
 from service.delivery_stores import open_deliveries
 from service.events import Event, MalformedEvent
 from service.failures import EmailDeferred, EmailFailed, Outage
@@ -32,7 +32,7 @@ from service.mail.mailer import Mailer
 from service.mail.render import Renderer
 from service.mail.transport import SmtpPool
 from service.metrics import Metrics
-from service.retrier import request_from
+from service.retry.retrier import request_from
 
 __all__ = ["MessagesError", "find_messages", "resend", "table"]
 
@@ -71,7 +71,7 @@ async def find_messages(
     limit: int = 50,
 ) -> list[Delivery]:
     async with _store(config) as store:
-        return await store.find(event_id=event_id, user_id=user_id, to=to, limit=limit)
+        return await store.find(Query(event_id, user_id, to, limit))
 
 
 def table(found: list[Delivery], show_addresses: bool) -> str:
@@ -109,7 +109,7 @@ def table(found: list[Delivery], show_addresses: bool) -> str:
 async def resend(config: Config, event_id: str, action: str | None = None) -> list[str]:
     """Send the event's email(s) again; one line per email sent or refused."""
     async with _store(config) as store:
-        records = await store.find(event_id=event_id, limit=1000)
+        records = await store.find(Query(event_id=event_id, limit=1000))
     originals: dict[tuple[str, str], Delivery] = {}
     for record in sorted(records, key=lambda d: d.created_at):
         if not record.resend and (action is None or record.action_id == action):

@@ -28,9 +28,7 @@ TRIGGERS: dict[str, Trigger] = {
         Trigger("post-change-password", "identity.user.password_changed", False, _ALL),
         Trigger("post-login", "identity.user.logged_in", True, _ALL | {"deny", "redirect"}),
         Trigger("login-failed", "identity.user.login_failed", False, _ALL),
-        Trigger(
-            "password-reset-requested", "identity.user.password_reset_requested", False, _ALL
-        ),
+        Trigger("password-reset-requested", "identity.user.password_reset_requested", False, _ALL),
         Trigger(
             "email-verification-requested",
             "identity.user.email_verification_requested",

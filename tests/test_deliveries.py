@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.dedupe import dedupe_key
-from service.deliveries import Delivery, DeliveryStore
+from service.deliveries import Delivery, DeliveryStore, Query
 from service.delivery_stores import RedisDeliveries, open_deliveries
 
 
@@ -48,14 +48,14 @@ async def test_find_filters_and_orders_newest_first(store: DeliveryStore) -> Non
     await store.put(_record(2, event="e2", user="u1", to="bob@herald.test", at=now - 2))
     await store.put(_record(3, event="e3", user="u2", to="ada@herald.test", at=now - 1))
     await store.put(_record(4, event="e22", user="u3", to="cy@herald.test", at=now))
-    assert [d.event_id for d in await store.find(user_id="u1")] == ["e2", "e1"]
-    assert [d.event_id for d in await store.find(to="ADA@herald.test")] == ["e3", "e1"]
-    assert [d.event_id for d in await store.find(event_id="e2")] == ["e2"]
-    assert [d.event_id for d in await store.find(event_id="e22")] == ["e22"]
-    assert [d.event_id for d in await store.find()] == ["e22", "e3", "e2", "e1"]
-    assert [d.event_id for d in await store.find(limit=1)] == ["e22"]
-    assert await store.find(event_id="nope") == []
-    assert await store.find(event_id="e") == []
+    assert [d.event_id for d in await store.find(Query(user_id="u1"))] == ["e2", "e1"]
+    assert [d.event_id for d in await store.find(Query(to="ADA@herald.test"))] == ["e3", "e1"]
+    assert [d.event_id for d in await store.find(Query(event_id="e2"))] == ["e2"]
+    assert [d.event_id for d in await store.find(Query(event_id="e22"))] == ["e22"]
+    assert [d.event_id for d in await store.find(Query())] == ["e22", "e3", "e2", "e1"]
+    assert [d.event_id for d in await store.find(Query(limit=1))] == ["e22"]
+    assert await store.find(Query(event_id="nope")) == []
+    assert await store.find(Query(event_id="e")) == []
 
 
 async def test_an_update_replaces_the_record_and_moves_it_up(store: DeliveryStore) -> None:
@@ -66,7 +66,7 @@ async def test_an_update_replaces_the_record_and_moves_it_up(store: DeliveryStor
     await store.put(_record(2, event="e2", user="u1", to="a@herald.test", at=now - 2))
     first.status, first.updated_at, first.attempts = "sent", now, 2
     await store.put(first)
-    found = await store.find(user_id="u1")
+    found = await store.find(Query(user_id="u1"))
     assert [(d.event_id, d.status, d.attempts) for d in found] == [
         ("e1", "sent", 2),
         ("e2", "sent", 1),
@@ -77,4 +77,4 @@ async def test_an_update_replaces_the_record_and_moves_it_up(store: DeliveryStor
 
 async def test_records_older_than_the_ttl_are_not_found(store: DeliveryStore) -> None:
     await store.put(_record(1, event="e1", user="u1", to="a@herald.test", at=time.time() - 120))
-    assert await store.find(event_id="e1") == []
+    assert await store.find(Query(event_id="e1")) == []

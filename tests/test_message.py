@@ -96,7 +96,7 @@ SUBJECTS = [
     "Ihr Passwort wurde geändert",
     "🔐 Your password was changed 🔑",
     "您的密码已更改，请立即检查您的帐户安全设置以及最近的登录活动",
-    "Quotes \"and\" (parens), commas; semicolons: <angles> \\ backslash",
+    'Quotes "and" (parens), commas; semicolons: <angles> \\ backslash',
     LONG_ASCII,
     (GERMAN + " ") * 6,
     "x" * 2000,
@@ -215,9 +215,10 @@ def test_ascii_headers_stay_readable() -> None:
     head = header_block(data).decode()
     assert "Subject: Your password was changed\r\n" in head
     assert "To: Ada Lovelace <ada@example.com>\r\n" in head
-    assert 'Reply-To: "Lovelace, Ada" <support@example.com>' in header_block(
-        build_full(name="Lovelace, Ada")
-    ).decode()
+    assert (
+        'Reply-To: "Lovelace, Ada" <support@example.com>'
+        in header_block(build_full(name="Lovelace, Ada")).decode()
+    )
 
 
 def test_long_ascii_subject_is_folded_at_spaces() -> None:

@@ -209,4 +209,3 @@ async def test_resend_of_an_unknown_event_and_messages_on_memory_are_one_clear_l
     code, _, err = await _cli(config_file(memory, tmp_path / "memory.yaml"), "messages")
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "GET /v1/messages" in err
-

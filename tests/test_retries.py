@@ -13,7 +13,7 @@ import pytest
 
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
-from service.retry import RetryPolicy
+from service.retry.policy import RetryPolicy
 from tests.harness import (
     GREY,
     GreylistingSMTP,

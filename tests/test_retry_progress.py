@@ -14,8 +14,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from service.devtools.broker import EmbeddedKafka
 from service.devtools.smtp import RecordingSMTP
 from service.mail.request import EmailRequest
-from service.offsets import decode_done, encode_done
-from service.retry_item import retry_headers
+from service.retry.item import retry_headers
+from service.retry.offsets import decode_done, encode_done
 from tests.harness import Kafka, load_example, make_config, metric, running, wait_until
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from types import TracebackType
-from typing import Self
 
 from service.devtools.forwarder import HOST, Forwarder, PortInUseError
 from service.devtools.librdkafka import BrokerError, err2str, load_library, new_handle, optional
+from service.devtools.lifecycle import Started
 
 __all__ = ["BrokerError", "EmbeddedKafka", "PortInUseError"]
 
@@ -24,7 +23,7 @@ _AUTO_CREATE_PARTITIONS = 4
 _PRODUCE_API_KEY = 0
 
 
-class EmbeddedKafka:
+class EmbeddedKafka(Started):
     """An in-memory Kafka-protocol cluster on 127.0.0.1 (librdkafka's mock cluster).
 
     ``port`` fixes the address of broker 1 (broker *n* gets ``port + n - 1``) through a
@@ -111,18 +110,6 @@ class EmbeddedKafka:
         """Stop the cluster; all topics, offsets and groups are lost."""
         with self._lock:
             self._stop_locked()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _require_started(self) -> tuple[ctypes.CDLL, int]:
         if self._lib is None or self._mc is None:

@@ -19,11 +19,12 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from service.devtools.lifecycle import Started
 
 __all__ = [
     "CaptureSMTP",
@@ -55,7 +56,7 @@ class _Controller(Controller):
         return server
 
 
-class _Server:
+class _Server(Started):
     """Start/stop and context-manager plumbing shared by both servers."""
 
     def __init__(self, host: str, port: int) -> None:
@@ -86,18 +87,6 @@ class _Server:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,6 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from faststream.kafka.security import parse_security
-from faststream.security import (
-    SASLPlaintext,
-    SASLScram256,
-    SASLScram512,
-)
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -32,11 +27,6 @@ from service.config import KafkaConfig
 from service.failures import KafkaUnavailable
 from service.kafka.options import security
 
-#: FastStream's own wait for a handler at shutdown; Herald's drain (app.py) ends first.
-GRACEFUL_TIMEOUT_S = 30.0
-_BATCH_RECORDS = 500
-_FETCH_MAX_WAIT_MS = 25
-_SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
 _PROBE_TIMEOUT_MS = 5_000
 
 

@@ -18,12 +18,7 @@ from service.config import KafkaConfig
 from service.failures import KafkaUnavailable
 from service.kafka.outputs import MAX_REQUEST_BYTES
 
-#: FastStream's own wait for a handler at shutdown; Herald's drain (app.py) ends first.
-GRACEFUL_TIMEOUT_S = 30.0
-_BATCH_RECORDS = 500
-_FETCH_MAX_WAIT_MS = 25
 _SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
-_PROBE_TIMEOUT_MS = 5_000
 
 
 def security(cfg: KafkaConfig) -> BaseSecurity | None:

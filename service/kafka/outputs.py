@@ -100,9 +100,7 @@ class Outputs:
         status_topic: str | None = None,
     ) -> None:
         self.producer = producer
-        self.statuses = (
-            StatusEvents(producer, status_topic, transactions) if status_topic else None
-        )
+        self.statuses = StatusEvents(producer, status_topic, transactions) if status_topic else None
         #: `kafka.exactly_once`: outputs of a consumed record go in its partition's
         #: transaction; others (the decision webhook's) through the plain producer.
         self.transactions = transactions

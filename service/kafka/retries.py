@@ -1,6 +1,6 @@
 """The retry scheduler bound to aiokafka: the one part of the retries that imports it.
 
-`RetryScheduler` is `Scheduler` (service/retry_scheduler.py) as the rebalance listener
+`RetryScheduler` is `Scheduler` (service/retry/scheduler.py) as the rebalance listener
 of an AIOKafkaConsumer, catching aiokafka's errors, its attempts' outputs written in the
 source partition's transaction (service/kafka/transactions.py).
 """
@@ -16,9 +16,9 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from service.consumed import consuming
 from service.kafka.transactions import Transactions
 from service.metrics import Metrics
-from service.retrier import Retrier
-from service.retry_consumer import Committed, ConsumerErrors
-from service.retry_scheduler import DEFAULT_CONCURRENCY, Scheduler
+from service.retry.protocols import Committed, ConsumerErrors
+from service.retry.retrier import Retrier
+from service.retry.scheduler import DEFAULT_CONCURRENCY, Scheduler
 
 __all__ = ["KAFKA_ERRORS", "RetryScheduler"]
 

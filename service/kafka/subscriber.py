@@ -16,11 +16,6 @@ from faststream.kafka import KafkaBroker, Topic
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.middlewares import AckPolicy
-from faststream.security import (
-    SASLPlaintext,
-    SASLScram256,
-    SASLScram512,
-)
 
 from service.config import KafkaConfig
 from service.events import present_headers
@@ -30,8 +25,6 @@ from service.kafka.options import consumer_options, isolation_level, security
 GRACEFUL_TIMEOUT_S = 30.0
 _BATCH_RECORDS = 500
 _FETCH_MAX_WAIT_MS = 25
-_SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
-_PROBE_TIMEOUT_MS = 5_000
 
 
 def retry_consumer(cfg: KafkaConfig, listener: ConsumerRebalanceListener) -> AIOKafkaConsumer:
@@ -56,7 +49,7 @@ def committed_metadata(
     cfg: KafkaConfig, group_id: str
 ) -> Callable[[Sequence[TopicPartition]], Awaitable[dict[TopicPartition, str]]]:
     """Reads the metadata strings committed with `group_id`'s offsets (what the retry
-    scheduler finished above its committed offset, service/offsets.py)."""
+    scheduler finished above its committed offset, service/retry/offsets.py)."""
 
     async def read(tps: Sequence[TopicPartition]) -> dict[TopicPartition, str]:
         admin = AIOKafkaAdminClient(**consumer_options(cfg))
@@ -122,9 +115,7 @@ def consumer_broker(
 ) -> KafkaBroker:
     """A broker whose one subscriber hands each batch (FastStream's message) to `handle`."""
     broker = new_broker(cfg)
-    subscriber = declare_subscriber(
-        broker, cfg, listener, max_poll_interval_s=max_poll_interval_s
-    )
+    subscriber = declare_subscriber(broker, cfg, listener, max_poll_interval_s=max_poll_interval_s)
 
     @subscriber
     async def on_batch(_: Any, message: KafkaMessage) -> None:

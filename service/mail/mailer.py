@@ -2,7 +2,7 @@
 
 One attempt per call. A transient failure (a 4xx reply, a timeout, a dropped
 connection) raises `EmailDeferred`: the caller schedules the next attempt on the retry
-topic (service/retrier.py) instead of waiting here, so one greylisting recipient never
+topic (service/retry/retrier.py) instead of waiting here, so one greylisting recipient never
 holds back anyone else's email.
 
 Once the message itself went out, only the server's reply says it was not accepted.

@@ -102,7 +102,6 @@ class SmtpPool:
         self._closed = False
         self._client()  # aiosmtplib validates its options here: fail now, not at a send
 
-
     @classmethod
     def for_config(cls, smtp: SmtpConfig, *, size: int | None = None) -> SmtpPool:
         """The pool `smtp:` describes (`size` defaults to `smtp.pool_size`)."""
@@ -116,6 +115,7 @@ class SmtpPool:
             data_timeout_s=smtp.data_timeout_s,
             size=smtp.pool_size if size is None else size,
         )
+
     async def __aenter__(self) -> Self:
         return self
 

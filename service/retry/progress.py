@@ -3,7 +3,7 @@ and not finished, which finished above the commit position, and what to commit.
 
 Items finish out of order (each is due at its own time), so a partition's offset is
 committed only up to its oldest unfinished item, with the items finished above it in the
-commit's metadata (service/offsets.py): an item survives SIGKILL, and one finished is not
+commit's metadata (service/retry/offsets.py): an item survives SIGKILL, and one finished is not
 attempted again by whoever reads the partition next. Plain bookkeeping: the partitions
 are whatever keys the consumer uses (aiokafka's TopicPartition).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 
-from service.offsets import decode_done, encode_done
+from service.retry.offsets import decode_done, encode_done
 
 __all__ = ["Commit", "Progress"]
 

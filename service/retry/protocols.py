@@ -8,13 +8,13 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from service.retry_progress import Commit
+from service.retry.progress import Commit
 
 __all__ = ["Committed", "ConsumerErrors", "Partition", "RetryConsumer", "RetryTransactions"]
 
 #: A partition, as the consumer names it (aiokafka's TopicPartition): `.topic`, `.partition`.
 Partition = Any
-#: The committed metadata of the retry group's partitions (service/offsets.py).
+#: The committed metadata of the retry group's partitions (service/retry/offsets.py).
 Committed = Callable[[Sequence[Partition]], Awaitable[Mapping[Partition, str]]]
 
 

@@ -1,4 +1,4 @@
-"""One attempt of a retry item and its fate (the items: service/retry_item.py).
+"""One attempt of a retry item and its fate (the items: service/retry/item.py).
 
 - sent, uncertain (never re-sent), duplicate, rate-limited → done;
 - transient again → a new item with the next attempt number, or, after
@@ -22,8 +22,8 @@ from service.mail.mailer import Mailer
 from service.mail.render import template_context
 from service.mail.request import EmailRequest
 from service.metrics import Metrics
-from service.retry import RetryPolicy
-from service.retry_item import Original, Record, RetryItem, retry_headers
+from service.retry.item import Original, Record, RetryItem, retry_headers
+from service.retry.policy import RetryPolicy
 
 __all__ = ["Parser", "Retrier", "RetryOutputs", "request_from"]
 

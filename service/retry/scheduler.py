@@ -1,15 +1,15 @@
 """Scheduled email retries: the retry topic, written and consumed by Herald (README:
 "Delivery guarantees").
 
-The batch that deferred an email commits once its item (service/retry_item.py) is
+The batch that deferred an email commits once its item (service/retry/item.py) is
 written: nothing else waits for it. The scheduler consumes the retry topics in its own
 consumer group (`<group_id><retry_suffix>`). It keeps the items it read in a heap ordered
-by due time and makes each attempt (`Retrier.attempt`, service/retrier.py) when it is
+by due time and makes each attempt (`Retrier.attempt`, service/retry/retrier.py) when it is
 due: one timer for all of them, nothing polled, and an item due later never holds back
 one due sooner. A retry-topic offset is committed only up to the oldest item not
-finished (service/retry_progress.py), so an item survives SIGKILL.
+finished (service/retry/progress.py), so an item survives SIGKILL.
 
-This module sees the Kafka client only through the protocols of service/retry_consumer.py;
+This module sees the Kafka client only through the protocols of service/retry/protocols.py;
 service/kafka/retries.py binds it to aiokafka.
 """
 
@@ -28,16 +28,16 @@ from typing import Any
 
 from service.failures import Outage
 from service.metrics import Metrics
-from service.retrier import Retrier
-from service.retry_consumer import (
+from service.retry.item import MalformedRetry, RetryItem, read_item
+from service.retry.progress import Progress
+from service.retry.protocols import (
     Committed,
     ConsumerErrors,
     Partition,
     RetryConsumer,
     RetryTransactions,
 )
-from service.retry_item import MalformedRetry, RetryItem, read_item
-from service.retry_progress import Progress
+from service.retry.retrier import Retrier
 
 __all__ = ["Scheduler"]
 
