@@ -4,6 +4,7 @@ and no module past the size a newcomer reads in one sitting."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from tests.harness import ROOT
@@ -144,3 +145,21 @@ def test_no_module_in_service_is_longer_than_a_sitting() -> None:
 
 def _framework(module: str) -> bool:
     return module.split(".")[0] in ("aiokafka", "faststream")
+
+
+def test_the_readme_layout_names_every_part_of_service_and_nothing_else() -> None:
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("Layout (") :].split("\n\n")[0]
+    named = set(re.findall(r"`([a-z_/]+(?:\.py|/))`", layout))
+    top = {p.name + ("/" if p.is_dir() else "") for p in SERVICE.iterdir()}
+    top = {n for n in top if n.endswith("/") or n.endswith(".py")} - {
+        "__init__.py",
+        "__main__.py",
+        "__pycache__/",
+    }
+    mail = {f"{p.name}" for p in (SERVICE / "mail").glob("*.py")} - {"__init__.py"}
+    top_named = {n.removeprefix("service/") for n in named if "/" not in n.rstrip("/")}
+    top_named |= {n.removeprefix("service/") for n in named if n.startswith("service/")}
+    assert top - top_named == set(), "modules the layout does not name"
+    assert {n for n in named if n.endswith(".py") and "/" not in n} <= top | mail
+    assert mail <= named, "mail/ modules the layout does not name"
