@@ -35,7 +35,6 @@ import yaml
 from bench.events import make_event
 from service.actions import compile_flows
 from service.config import parse_config
-from service.consumer import Processor
 from service.dedupe import SqliteDedupe
 from service.deliveries import DeliveryLog
 from service.delivery_stores import SqliteDeliveries
@@ -43,6 +42,7 @@ from service.flows import FlowEngine
 from service.mail.mailer import Mailer
 from service.mail.render import Renderer
 from service.metrics import Metrics
+from service.processor import Processor
 from service.ratelimit import SqliteRateLimiter
 
 __all__ = ["main"]

@@ -32,7 +32,7 @@ _PIPELINE = (
     "mail/mailer",
     "mail/claims",
     "mail/request",
-    "consumer",
+    "processor",
     "consumed",
     "deliveries",
     "kafka/batches",

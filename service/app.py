@@ -15,7 +15,6 @@ from typing import TypeVar
 from service.actions import compile_flows
 from service.checks import check_config
 from service.config import Config, ConfigError, load_config
-from service.consumer import Processor
 from service.dedupe import DedupeStore, dedupe_store
 from service.deliveries import DeliveryLog
 from service.delivery_stores import open_deliveries
@@ -41,6 +40,7 @@ from service.mail.mailer import Mailer
 from service.mail.render import Renderer
 from service.mail.transport import SmtpPool
 from service.metrics import Metrics
+from service.processor import Processor
 from service.ratelimit import RateLimiter, open_rate_limiter
 from service.retry.policy import RetryPolicy
 from service.retry.retrier import Retrier

@@ -47,7 +47,7 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Decider(Protocol):
-    """What answers a synchronous trigger (service/consumer.py's Processor)."""
+    """What answers a synchronous trigger (service/processor.py's Processor)."""
 
     async def decide(self, event: Event) -> dict[str, Any]: ...
 

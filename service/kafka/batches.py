@@ -29,11 +29,11 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from service.consumed import Record
-from service.consumer import Processor
-from service.failures import Outage
+from service.failures import Outage, StoreUnavailable
 from service.kafka.lag import update_lag
 from service.kafka.transactions import Transactions
 from service.metrics import Metrics
+from service.processor import Processor
 
 __all__ = ["BATCH_BUDGET_S", "BatchRunner", "Message", "Progress"]
 
@@ -170,7 +170,7 @@ class BatchRunner:
                 done, left = progress.counts()
                 log.info("batch handed back", extra={"finished": done, "handed_back": left})
         elif isinstance(error, Outage):
-            await self._wait_out_outage(str(error))
+            await self._wait_out_outage(error)
         else:
             log.error("batch failed, will be redelivered", exc_info=error)
             await self._sleep(_REDELIVERY_PAUSE_S)
@@ -232,12 +232,14 @@ class BatchRunner:
             with contextlib.suppress(IllegalStateError, AssertionError, KeyError):
                 message.consumer.seek(tp, offset)  # not assigned any more: nothing to do
 
-    async def _wait_out_outage(self, reason: str) -> None:
+    async def _wait_out_outage(self, error: Outage) -> None:
         """Poll the SMTP server with backoff until it answers, up to one wait period."""
+        store = isinstance(error, StoreUnavailable)
         if not self.paused:
             self.paused = True
             self.metrics.paused.set(1)
-            log.error("smtp server unreachable, consumption paused", extra={"reason": reason})
+            paused = "dedupe store unavailable" if store else "smtp server unreachable"
+            log.error(f"{paused}, consumption paused", extra={"reason": str(error)})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _OUTAGE_WAIT_S
         delay = self.initial_backoff_s
@@ -246,7 +248,11 @@ class BatchRunner:
             if await self.probe():
                 self.paused = False
                 self.metrics.paused.set(0)
-                log.warning("smtp server reachable again, consumption resumed")
+                log.warning(
+                    "consumption resumed, trying the dedupe store again"
+                    if store
+                    else "smtp server reachable again, consumption resumed"
+                )
                 return
             delay = min(delay * 2, self.max_backoff_s)
 
