@@ -90,7 +90,7 @@ class Transactions:
 
     async def send(
         self,
-        source: TopicPartition,
+        source: tuple[str, int],
         topic: str,
         value: bytes | None,
         key: bytes | None,
@@ -101,7 +101,7 @@ class Transactions:
 
     async def enqueue(
         self,
-        source: TopicPartition,
+        source: tuple[str, int],
         topic: str,
         value: bytes | None,
         key: bytes | None,
@@ -109,16 +109,16 @@ class Transactions:
     ) -> Any:
         """Write one output in `source`'s open transaction; returns the broker's future
         (the commit waits for it anyway)."""
-        part = await self._partition(source)
+        part = await self._partition(TopicPartition(*source))  # (topic, partition) too
         async with part.lock:
             part.written = True
             return await part.producer.send(topic, value, key=key, headers=headers)
 
     async def enqueue_keyed(
-        self, source: TopicPartition, topic: str, items: Sequence[tuple[bytes, bytes]]
+        self, source: tuple[str, int], topic: str, items: Sequence[tuple[bytes, bytes]]
     ) -> list[Any]:
         """Write keyed records in `source`'s open transaction (`send_keyed`)."""
-        part = await self._partition(source)
+        part = await self._partition(TopicPartition(*source))  # (topic, partition) too
         async with part.lock:
             part.written = True
             return await send_keyed(part.producer, topic, items)
