@@ -142,6 +142,8 @@ async def test_a_frozen_instance_is_fenced_when_it_wakes_and_nothing_is_doubled(
     assert len(decisions) == COUNT and len({d["event_id"] for d in decisions}) == COUNT
     assert len(commands) == COUNT and len({c["id"] for c in commands}) == COUNT
     assert set(emails) == {e["id"] for e in post}
-    # Emails the zombie had handed to the server when it froze (at most pool_size) may
-    # be sent again once its lease lapsed; those it had only claimed are not.
-    assert sum(emails.values()) - len(emails) <= config.smtp.pool_size
+    # Emails the zombie had handed to the server when it froze may be sent again once its
+    # lease lapsed: per connection one on the wire and one accepted whose record was not
+    # written yet (a connection takes the next email before the last one's record is
+    # written). Those it had only claimed are not.
+    assert sum(emails.values()) - len(emails) <= 2 * config.smtp.pool_size
