@@ -164,6 +164,7 @@ async def test_deferred_then_sent_failed_with_the_reply_and_an_expired_link_skip
         [deferred] = await _records(path, grey["id"])
         server.accept_grey = True
         await wait_until(lambda: per_event(server)[grey["id"]] == 1, "the greylisted email", 20)
+        deferrals = server.grey_refusals  # a slow machine may see a retry refused too
         await herald.wait_log("event processed", count=2, timeout=20)
         await asyncio.sleep(0.3)
         [sent] = await _records(path, grey["id"])
@@ -173,11 +174,12 @@ async def test_deferred_then_sent_failed_with_the_reply_and_an_expired_link_skip
         assert await herald.stop() == 0
     statuses = [
         orjson.loads(r.value)["data"]
-        for r in await client.read(config.kafka.status_topic, 5, timeout=5)
+        for r in await client.read(config.kafka.status_topic, 3 + deferrals, timeout=5)
     ]
     assert deferred["status"] == "deferred" and deferred["next_attempt_at"]
     assert "451" in deferred["smtp_reply"]
-    assert (sent["status"], sent["attempts"]) == ("sent", 2)
+    assert deferrals >= 1
+    assert (sent["status"], sent["attempts"]) == ("sent", deferrals + 1)
     assert failed["status"] == "failed" and failed["reason"] == "SmtpPermanentError"
     assert failed["smtp_reply"].startswith("550 5.1.1")
     assert (skipped["status"], skipped["reason"]) == ("skipped", "expired")
@@ -186,7 +188,7 @@ async def test_deferred_then_sent_failed_with_the_reply_and_an_expired_link_skip
     transitions = sorted((s["event_id"], s["status"]) for s in statuses)
     assert transitions == sorted(
         [
-            (grey["id"], "deferred"),
+            *[(grey["id"], "deferred")] * deferrals,
             (grey["id"], "sent"),
             (gone["id"], "failed"),
             (stale["id"], "skipped"),
