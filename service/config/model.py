@@ -8,18 +8,10 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
+import service.config.sections as sections
 from service.config.actions import Action, BaseAction
 from service.config.base import Model
 from service.config.problems import KeyPath, format_path
-from service.config.sections import (
-    DedupeConfig,
-    HttpConfig,
-    KafkaConfig,
-    LogConfig,
-    RateLimitConfig,
-    RetryConfig,
-    SmtpConfig,
-)
 from service.config.yaml_lines import Origin
 from service.locales import LOCALE_PATTERN, MAX_LOCALE_LENGTH
 from service.triggers import ACTIONS, TRIGGERS
@@ -68,13 +60,13 @@ def _action_problems(trigger: str, actions: list[Any]) -> list[tuple[KeyPath, st
 class Config(Model):
     """The whole of `config/herald.yaml`, the file that documents every key and its default."""
 
-    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
-    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
-    retry: RetryConfig = Field(default_factory=RetryConfig)
-    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
-    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
-    http: HttpConfig = Field(default_factory=HttpConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
+    kafka: sections.KafkaConfig = Field(default_factory=sections.KafkaConfig)
+    smtp: sections.SmtpConfig = Field(default_factory=sections.SmtpConfig)
+    retry: sections.RetryConfig = Field(default_factory=sections.RetryConfig)
+    rate_limit: sections.RateLimitConfig = Field(default_factory=sections.RateLimitConfig)
+    dedupe: sections.DedupeConfig = Field(default_factory=sections.DedupeConfig)
+    http: sections.HttpConfig = Field(default_factory=sections.HttpConfig)
+    log: sections.LogConfig = Field(default_factory=sections.LogConfig)
     templates_dir: Path = Path("templates")
     default_locale: str = Field(default="en", max_length=MAX_LOCALE_LENGTH, pattern=LOCALE_PATTERN)
     secrets: dict[str, str] = Field(default_factory=dict, repr=False)

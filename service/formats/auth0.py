@@ -15,17 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import service.formats._common as common
 from service.events import MalformedEvent
-from service.formats._common import (
-    LOGIN_FAILED,
-    compact,
-    email_or_none,
-    envelope,
-    mapping,
-    no_user,
-    provider_parser,
-    text,
-)
 
 __all__ = ["EVENT_TYPES", "parse", "to_envelope"]
 
@@ -34,9 +25,9 @@ EVENT_TYPES: dict[str, str] = {
     "ss": "identity.user.registered",  # successful signup
     "scp": "identity.user.password_changed",  # successful change password
     "s": "identity.user.logged_in",  # successful login
-    "f": LOGIN_FAILED,  # failed login
-    "fp": LOGIN_FAILED,  # failed login: incorrect password
-    "fu": LOGIN_FAILED,  # failed login: invalid email or username
+    "f": common.LOGIN_FAILED,  # failed login
+    "fp": common.LOGIN_FAILED,  # failed login: incorrect password
+    "fu": common.LOGIN_FAILED,  # failed login: invalid email or username
 }
 
 
@@ -46,18 +37,22 @@ def to_envelope(payload: dict[str, Any]) -> dict[str, Any] | None:
     ce_type = EVENT_TYPES.get(str(log.get("type")))
     if ce_type is None:
         return None
-    log_id = text(log, "log_id") or text(payload, "log_id") or text(payload.get("detail"), "log_id")
+    log_id = (
+        common.text(log, "log_id")
+        or common.text(payload, "log_id")
+        or common.text(payload.get("detail"), "log_id")
+    )
     if log_id is None:
         raise MalformedEvent(f"Auth0 log event {log['type']!r} has no 'log_id'")
-    user_id = text(log, "user_id")
+    user_id = common.text(log, "user_id")
     if user_id is None:
-        no_user(ce_type, f"Auth0 log event {log['type']!r} has no 'user_id'")
+        common.no_user(ce_type, f"Auth0 log event {log['type']!r} has no 'user_id'")
         return None
-    return envelope(
+    return common.envelope(
         event_id=log_id,
-        source=f"auth0:{tenant}" if (tenant := text(log, "tenant_name")) else "auth0",
+        source=f"auth0:{tenant}" if (tenant := common.text(log, "tenant_name")) else "auth0",
         ce_type=ce_type,
-        time=text(log, "date"),
+        time=common.text(log, "date"),
         user_id=user_id,
         data=_data(log, user_id),
     )
@@ -68,7 +63,7 @@ def _unwrap(payload: dict[str, Any]) -> dict[str, Any]:
     for _ in range(2):  # EventBridge event → {"log_id", "data"} → log event
         if "type" in payload:
             return payload
-        inner = mapping(payload, "detail") or mapping(payload, "data")
+        inner = common.mapping(payload, "detail") or common.mapping(payload, "data")
         if not inner:
             break
         payload = inner
@@ -76,63 +71,68 @@ def _unwrap(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _data(log: dict[str, Any], user_id: str) -> dict[str, Any]:
-    location = mapping(log, "location_info")
+    location = common.mapping(log, "location_info")
     request = {
-        "ip": text(log, "ip"),
-        "user_agent": text(log, "user_agent"),
-        "geoip": compact(
+        "ip": common.text(log, "ip"),
+        "user_agent": common.text(log, "user_agent"),
+        "geoip": common.compact(
             {
-                "country_code": text(location, "country_code"),
-                "city_name": text(location, "city_name"),
+                "country_code": common.text(location, "country_code"),
+                "city_name": common.text(location, "city_name"),
             }
         ),
     }
-    return compact(
+    return common.compact(
         {
             "user": _user(log, user_id),
-            "request": compact(request),
-            "connection": compact(
-                {"name": text(log, "connection"), "strategy": text(log, "strategy")}
+            "request": common.compact(request),
+            "connection": common.compact(
+                {"name": common.text(log, "connection"), "strategy": common.text(log, "strategy")}
             ),
-            "client": compact(
-                {"client_id": text(log, "client_id"), "name": text(log, "client_name")}
+            "client": common.compact(
+                {
+                    "client_id": common.text(log, "client_id"),
+                    "name": common.text(log, "client_name"),
+                }
             ),
         }
     )
 
 
 def _user(log: dict[str, Any], user_id: str) -> dict[str, Any]:
-    details = mapping(log, "details")
-    body = mapping(details, "body")  # sign-ups: the profile the user signed up with
+    details = common.mapping(log, "details")
+    body = common.mapping(details, "body")  # sign-ups: the profile the user signed up with
     verified = body.get("email_verified")
-    return compact(
+    return common.compact(
         {
             "user_id": user_id,
-            "email": email_or_none(
-                text(body, "email"), text(details, "email"), text(log, "user_name")
+            "email": common.email_or_none(
+                common.text(body, "email"),
+                common.text(details, "email"),
+                common.text(log, "user_name"),
             ),
             "email_verified": verified if isinstance(verified, bool) else None,
-            "name": text(body, "name"),
-            "given_name": text(body, "given_name"),
-            "family_name": text(body, "family_name"),
-            "nickname": text(body, "nickname"),
+            "name": common.text(body, "name"),
+            "given_name": common.text(body, "given_name"),
+            "family_name": common.text(body, "family_name"),
+            "nickname": common.text(body, "nickname"),
             "locale": _locale(body),
-            "user_metadata": mapping(body, "user_metadata") or None,
+            "user_metadata": common.mapping(body, "user_metadata") or None,
         }
     )
 
 
 def _locale(body: dict[str, Any]) -> str | None:
     """The sign-up transaction's locale, else the first language the browser asked for."""
-    transaction = mapping(body, "transaction")
+    transaction = common.mapping(body, "transaction")
     ui_locales = transaction.get("ui_locales")
     if isinstance(ui_locales, list) and ui_locales and isinstance(ui_locales[0], str):
         first_ui: str | None = ui_locales[0]
     else:
         first_ui = None
-    languages = text(body, "request_language")
+    languages = common.text(body, "request_language")
     first_language = languages.split(",")[0].split(";")[0].strip() if languages else None
-    return text(transaction, "locale") or first_ui or first_language or None
+    return common.text(transaction, "locale") or first_ui or first_language or None
 
 
-parse = provider_parser(to_envelope, "Auth0 log")
+parse = common.provider_parser(to_envelope, "Auth0 log")

@@ -16,17 +16,8 @@ from typing import Any
 
 import orjson
 
+import service.formats._common as common
 from service.events import MalformedEvent
-from service.formats._common import (
-    LOGIN_FAILED,
-    compact,
-    email_or_none,
-    envelope,
-    mapping,
-    no_user,
-    provider_parser,
-    text,
-)
 
 __all__ = ["EVENT_TYPES", "parse", "to_envelope"]
 
@@ -35,7 +26,7 @@ EVENT_TYPES: dict[str, str] = {
     "REGISTER": "identity.user.registered",
     "UPDATE_PASSWORD": "identity.user.password_changed",
     "LOGIN": "identity.user.logged_in",
-    "LOGIN_ERROR": LOGIN_FAILED,
+    "LOGIN_ERROR": common.LOGIN_FAILED,
     "SEND_RESET_PASSWORD": "identity.user.password_reset_requested",
     "SEND_VERIFY_EMAIL": "identity.user.email_verification_requested",
 }
@@ -47,13 +38,13 @@ def to_envelope(event: dict[str, Any]) -> dict[str, Any] | None:
     ce_type = EVENT_TYPES.get(kc_type)
     if ce_type is None:
         return None
-    user_id = text(event, "userId")
+    user_id = common.text(event, "userId")
     if user_id is None:  # a LOGIN_ERROR "user_not_found" is skipped
-        no_user(ce_type, f"Keycloak event {kc_type} has no 'userId'")
+        common.no_user(ce_type, f"Keycloak event {kc_type} has no 'userId'")
         return None
-    realm = text(event, "realmId")
-    return envelope(
-        event_id=text(event, "id") or _derived_id(event),
+    realm = common.text(event, "realmId")
+    return common.envelope(
+        event_id=common.text(event, "id") or _derived_id(event),
         source=f"keycloak:{realm}" if realm else "keycloak",
         ce_type=ce_type,
         time=_iso_time(event.get("time")),
@@ -82,24 +73,24 @@ def _iso_time(millis: Any) -> str | None:
 
 
 def _data(event: dict[str, Any], user_id: str) -> dict[str, Any]:
-    details = mapping(event, "details")
-    username = text(details, "username")
+    details = common.mapping(event, "details")
+    username = common.text(details, "username")
     user = {
         "user_id": user_id,
-        "email": email_or_none(text(details, "email"), username),
-        "given_name": text(details, "first_name"),
-        "family_name": text(details, "last_name"),
-        "nickname": username if username and not email_or_none(username) else None,
+        "email": common.email_or_none(common.text(details, "email"), username),
+        "given_name": common.text(details, "first_name"),
+        "family_name": common.text(details, "last_name"),
+        "nickname": username if username and not common.email_or_none(username) else None,
     }
-    idp = text(details, "identity_provider")
-    return compact(
+    idp = common.text(details, "identity_provider")
+    return common.compact(
         {
-            "user": compact(user),
-            "request": compact({"ip": text(event, "ipAddress")}),
-            "client": compact({"client_id": text(event, "clientId")}),
+            "user": common.compact(user),
+            "request": common.compact({"ip": common.text(event, "ipAddress")}),
+            "client": common.compact({"client_id": common.text(event, "clientId")}),
             "connection": {"name": idp} if idp else None,  # brokered login: the IdP alias
         }
     )
 
 
-parse = provider_parser(to_envelope, "Keycloak")
+parse = common.provider_parser(to_envelope, "Keycloak")
