@@ -42,6 +42,9 @@ _QP_CONTROL = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])  # all but tab and
 _QP_CONTROL_RE = re.compile(b"[" + re.escape(_QP_CONTROL) + b"]+")
 _QP_ERRORS = "herald.quoted-printable"
 _WS = (b" ", b"\t")
+#: Encoded lines remembered: the few hundred lines of the templates in use, and room for
+#: the lines of each email's own values (names, links) that pass through.
+_QP_LINES_REMEMBERED = 4096
 _BASE64_LINE = 57  # bytes per 76-character base64 line
 _PART_HEAD = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: {}\r\n'
 
@@ -173,21 +176,22 @@ def quoted_printable(text: str) -> bytes:
     """RFC 2045 quoted-printable of LF-separated text, with CRLF line ends.
 
     Also encodes a line-initial `From ` (mbox gateways would turn it into `>From `)
-    and whitespace at the end of a line (transports may strip it). The bulk of the
-    work runs in C (str.replace, the ASCII codec, bytes.translate); Python code
-    runs per run of non-ASCII characters and per line that needs a fix.
+    and whitespace at the end of a line (transports may strip it). Every rule is local
+    to one line, and most lines of an email are its template's, the same in every
+    render: lines are encoded once and remembered (`_qp_text_line`).
     """
-    data = text.replace("=", "=3D").encode("ascii", _QP_ERRORS)
+    return b"\r\n".join(map(_qp_text_line, text.split("\n")))
+
+
+@lru_cache(maxsize=_QP_LINES_REMEMBERED)
+def _qp_text_line(line: str) -> bytes:
+    """One line of text, quoted-printable, without its line end."""
+    data = line.replace("=", "=3D").encode("ascii", _QP_ERRORS)
     if len(data.translate(None, _QP_CONTROL)) != len(data):
         data = _QP_CONTROL_RE.sub(_qp_escape_bytes, data)
-    lines = data.split(b"\n")
-    if data.startswith(b"From ") or b"\nFrom " in data:
-        todo: Iterable[int] = range(len(lines))
-    else:
-        todo = [i for i, line in enumerate(lines) if len(line) > _QP_LINE or line.endswith(_WS)]
-    for index in todo:
-        lines[index] = _qp_line(lines[index])
-    return b"\r\n".join(lines)
+    if len(data) > _QP_LINE or data.startswith(b"From ") or data.endswith(_WS):
+        return _qp_line(data)
+    return data
 
 
 def _qp_escape_run(error: UnicodeError) -> tuple[str, int]:
