@@ -6,6 +6,7 @@ import hashlib
 import time
 from pathlib import Path
 
+from service.backends import Backends
 from service.deliveries import Delivery, DeliveryStore, MemoryDeliveries, Query
 from service.redis_client import redis_call, redis_client
 from service.shared_sqlite import SqliteFile
@@ -191,12 +192,11 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_STORES: Backends[DeliveryStore] = Backends(
+    "dedupe", MemoryDeliveries, SqliteDeliveries, RedisDeliveries
+)
+
+
 def open_deliveries(backend: str, *, path: str, url: str, ttl_s: float) -> DeliveryStore:
     """The records store of `dedupe.backend`."""
-    if backend == "memory":
-        return MemoryDeliveries(ttl_s)
-    if backend == "sqlite":
-        return SqliteDeliveries(Path(path), ttl_s)
-    if backend == "redis":
-        return RedisDeliveries(url, ttl_s)
-    raise ValueError(f"dedupe backend {backend!r} is not available")
+    return _STORES.create(backend, path, url, ttl_s)

@@ -29,8 +29,7 @@ backend failure raises `DedupeUnavailable`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from service.backends import Backends
 from service.dedupe.memory import MemoryDedupe
 from service.dedupe.protocol import CLAIM_TTL_S, REDIS_CLAIM_TTL_S, Claim, DedupeStore, dedupe_key
 from service.dedupe.redis import RedisDedupe
@@ -50,14 +49,10 @@ __all__ = [
     "dedupe_store",
 ]
 
+_STORES: Backends[DedupeStore] = Backends("dedupe", MemoryDedupe, SqliteDedupe, RedisDedupe)
+
 
 def dedupe_store(backend: str, *, path: str, url: str, ttl_s: float) -> DedupeStore:
     """The store named by `dedupe.backend`, constructed only: call `await store.open()`
     before use (the startup check)."""
-    if backend == "memory":
-        return MemoryDedupe(ttl_s)
-    if backend == "sqlite":
-        return SqliteDedupe(Path(path), ttl_s)
-    if backend == "redis":
-        return RedisDedupe(url, ttl_s)
-    raise ValueError(f"dedupe backend {backend!r} is not available")
+    return _STORES.create(backend, path, url, ttl_s)

@@ -29,8 +29,7 @@ Addresses are compared case-insensitively and stored only as SHA-256 digests.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from service.backends import Backends
 from service.ratelimit.memory import MemoryRateLimiter
 from service.ratelimit.protocol import RateLimiter, Token, address_digest
 from service.ratelimit.redis import RedisRateLimiter
@@ -46,6 +45,10 @@ __all__ = [
     "open_rate_limiter",
 ]
 
+_LIMITERS: Backends[RateLimiter] = Backends(
+    "rate limit", MemoryRateLimiter, SqliteRateLimiter, RedisRateLimiter
+)
+
 
 def open_rate_limiter(
     backend: str, *, path: str, url: str, per_recipient: int, window_s: float
@@ -53,10 +56,4 @@ def open_rate_limiter(
     """The limiter kept in the `dedupe.backend` store; None when `per_recipient` is 0."""
     if per_recipient <= 0:
         return None
-    if backend == "memory":
-        return MemoryRateLimiter(per_recipient, window_s)
-    if backend == "sqlite":
-        return SqliteRateLimiter(Path(path), per_recipient, window_s)
-    if backend == "redis":
-        return RedisRateLimiter(url, per_recipient, window_s)
-    raise ValueError(f"rate limit backend {backend!r} is not available")
+    return _LIMITERS.create(backend, path, url, per_recipient, window_s)
