@@ -171,21 +171,16 @@ class MemoryDeliveries:
 Publish = Callable[[bytes, bytes], None]
 
 
+@dataclasses.dataclass(eq=False)
 class DeliveryLog:
     """Writes each status change to the store and, when a status topic is set, as a
     `herald.email.status` CloudEvent. A store or topic that fails is logged, never
     failing the email: the email's fate does not depend on its record."""
 
-    def __init__(
-        self,
-        store: DeliveryStore,
-        *,
-        publish: Publish | None = None,
-        show_addresses: bool = False,
-    ) -> None:
-        self.store = store
-        self.publish = publish
-        self.show_addresses = show_addresses
+    store: DeliveryStore
+    _: dataclasses.KW_ONLY
+    publish: Publish | None = None
+    show_addresses: bool = False
 
     async def note(
         self,

@@ -7,6 +7,7 @@ keys run concurrently. The caller commits only after `process_batch` returned.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -56,28 +57,23 @@ def _nothing(record: Record) -> None:
     return None
 
 
+@dataclasses.dataclass(eq=False)
 class Processor:
     """Processes batches of records; never raises for a bad record, only for lost output."""
 
-    def __init__(
-        self,
-        engine: FlowEngine,
-        outputs: Outputs,
-        metrics: Metrics,
-        *,
-        concurrency: int = 64,
-        show_addresses: bool = False,
-        parse: Parser = parse_cloudevent,
-        retrier: Retrier | None = None,
-    ) -> None:
-        self.parse = parse
-        self.retrier = retrier
-        self.engine = engine
-        self.outputs = outputs
-        self.metrics = metrics
-        self.show_addresses = show_addresses
-        self._events = LabelledCounter(metrics.events)
-        self._slots = asyncio.Semaphore(concurrency)
+    engine: FlowEngine
+    outputs: Outputs
+    metrics: Metrics
+    _: dataclasses.KW_ONLY
+    #: Records in flight at once, over all keys.
+    concurrency: int = 64
+    show_addresses: bool = False
+    parse: Parser = parse_cloudevent
+    retrier: Retrier | None = None
+
+    def __post_init__(self) -> None:
+        self._events = LabelledCounter(self.metrics.events)
+        self._slots = asyncio.Semaphore(self.concurrency)
 
     async def process_batch(
         self,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -102,23 +102,17 @@ async def replay(
     return run.result
 
 
+@dataclass(eq=False)
 class _Replay:
     """One pass over a DLQ, from the committed offsets to the end seen at the start."""
 
-    def __init__(
-        self,
-        consumer: AIOKafkaConsumer,
-        producer: AIOKafkaProducer | None,
-        result: ReplayResult,
-        emit: Callable[[str], None],
-        show_addresses: bool,
-    ) -> None:
-        self.consumer = consumer
-        self.producer = producer
-        self.result = result
-        self.emit = emit
-        self.show_addresses = show_addresses
-        self.end: dict[TopicPartition, int] = {}
+    consumer: AIOKafkaConsumer
+    producer: AIOKafkaProducer | None  # None: a dry run
+    result: ReplayResult
+    emit: Callable[[str], None]
+    show_addresses: bool
+    #: Each partition's end offset when the replay started.
+    end: dict[TopicPartition, int] = field(default_factory=dict)
 
     async def assign(self, topic: str) -> None:
         """Take every partition of `topic`, positioned at the group's committed offsets."""

@@ -10,6 +10,7 @@ written is an outage too: nothing is committed that did not reach its end.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import uuid
@@ -82,34 +83,27 @@ class Producer(Protocol):
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any: ...
 
 
+@dataclasses.dataclass(eq=False)
 class Outputs:
     """Publishes Herald's outputs: `OutputFailed` for a fault of the one event, any other
     failure propagates so that the offset is not committed."""
 
-    def __init__(
-        self,
-        producer: Producer,
-        *,
-        dlq_suffix: str,
-        retry_suffix: str = ".retry",
-        commands_topic: str = "identity.commands",
-        decisions_topic: str = "identity.decisions",
-        max_request_size: int = MAX_REQUEST_BYTES,
-        reply_topic_wait_s: float = REPLY_TOPIC_WAIT_S,
-        transactions: Transactions | None = None,
-        status_topic: str | None = None,
-    ) -> None:
-        self.producer = producer
-        self.statuses = StatusEvents(producer, status_topic, transactions) if status_topic else None
-        #: `kafka.exactly_once`: outputs of a consumed record go in its partition's
-        #: transaction; others (the decision webhook's) through the plain producer.
-        self.transactions = transactions
-        self.dlq_suffix = dlq_suffix
-        self.retry_suffix = retry_suffix
-        self.commands_topic = commands_topic
-        self.decisions_topic = decisions_topic
-        self.max_request_size = max_request_size
-        self.reply_topic_wait_s = reply_topic_wait_s
+    producer: Producer
+    _: dataclasses.KW_ONLY
+    dlq_suffix: str
+    retry_suffix: str = ".retry"
+    commands_topic: str = "identity.commands"
+    decisions_topic: str = "identity.decisions"
+    max_request_size: int = MAX_REQUEST_BYTES
+    reply_topic_wait_s: float = REPLY_TOPIC_WAIT_S
+    #: `kafka.exactly_once`: outputs of a consumed record go in its partition's
+    #: transaction; others (the decision webhook's) through the plain producer.
+    transactions: Transactions | None = None
+    status_topic: str | None = None
+
+    def __post_init__(self) -> None:
+        topic = self.status_topic
+        self.statuses = StatusEvents(self.producer, topic, self.transactions) if topic else None
 
     async def metadata_command(
         self,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.events import Event, MalformedEvent
@@ -66,25 +67,17 @@ def request_from(
     )
 
 
+@dataclass(kw_only=True, eq=False)
 class Retrier:
     """Makes one attempt of a RetryItem and decides its fate."""
 
-    def __init__(
-        self,
-        *,
-        parse: Parser,
-        mailer: Callable[[], Mailer],
-        secrets: Callable[[], dict[str, str]],
-        outputs: RetryOutputs,
-        policy: RetryPolicy,
-        metrics: Metrics,
-    ) -> None:
-        self.parse = parse
-        self.mailer = mailer
-        self.secrets = secrets
-        self.outputs = outputs
-        self.policy = policy
-        self.metrics = metrics
+    parse: Parser
+    #: The mailer and secrets of the current flows (a reload may change them).
+    mailer: Callable[[], Mailer]
+    secrets: Callable[[], dict[str, str]]
+    outputs: RetryOutputs
+    policy: RetryPolicy
+    metrics: Metrics
 
     async def flush(self) -> None:
         """Status events acknowledged, delivery records written (before a commit)."""
