@@ -43,6 +43,7 @@ from service.metrics import Metrics
 from service.processor import Processor
 from service.ratelimit import RateLimiter, open_rate_limiter
 from service.retry.policy import RetryPolicy
+from service.retry.protocols import RetryGroup
 from service.retry.retrier import Retrier
 
 __all__ = ["Herald"]
@@ -162,13 +163,10 @@ class Herald:
         if self.scheduler is not None or self.retrier is None:
             return
         kafka = self.config.kafka
+        group_id = kafka.group_id + kafka.retry_suffix
+        group = RetryGroup(group_id, self.transactions, committed_metadata(kafka, group_id))
         scheduler = RetryScheduler(
-            lambda listener: retry_consumer(kafka, listener),
-            self.retrier,
-            self.metrics,
-            group_id=kafka.group_id + kafka.retry_suffix,
-            transactions=self.transactions,
-            committed=committed_metadata(kafka, kafka.group_id + kafka.retry_suffix),
+            lambda listener: retry_consumer(kafka, listener), self.retrier, self.metrics, group
         )
         await scheduler.start()
         self.scheduler = scheduler

@@ -14,9 +14,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from service.consumed import consuming
-from service.kafka.transactions import Transactions
 from service.metrics import Metrics
-from service.retry.protocols import Committed, ConsumerErrors
+from service.retry.protocols import ConsumerErrors, RetryGroup
 from service.retry.retrier import Retrier
 from service.retry.scheduler import DEFAULT_CONCURRENCY, Scheduler
 
@@ -36,20 +35,16 @@ class RetryScheduler(Scheduler, ConsumerRebalanceListener):  # type: ignore[misc
         consumer: Callable[[ConsumerRebalanceListener], AIOKafkaConsumer],
         retrier: Retrier,
         metrics: Metrics,
+        group: RetryGroup,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
-        group_id: str = "",
-        transactions: Transactions | None = None,
-        committed: Committed | None = None,
     ) -> None:
         super().__init__(
             consumer,
             retrier,
             metrics,
+            group,
             errors=KAFKA_ERRORS,
             consuming=consuming,
             concurrency=concurrency,
-            group_id=group_id,
-            transactions=transactions,
-            committed=committed,
         )

@@ -10,7 +10,14 @@ from typing import Any, Protocol
 
 from service.retry.progress import Commit
 
-__all__ = ["Committed", "ConsumerErrors", "Partition", "RetryConsumer", "RetryTransactions"]
+__all__ = [
+    "Committed",
+    "ConsumerErrors",
+    "Partition",
+    "RetryConsumer",
+    "RetryGroup",
+    "RetryTransactions",
+]
 
 #: A partition, as the consumer names it (aiokafka's TopicPartition): `.topic`, `.partition`.
 Partition = Any
@@ -46,3 +53,14 @@ class ConsumerErrors:
 
     failed: tuple[type[Exception], ...]
     rebalance: tuple[type[Exception], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryGroup:
+    """The consumer group of the retry topics, as the scheduler commits in it."""
+
+    group_id: str = ""
+    #: `kafka.exactly_once`: each partition's attempts' outputs and commits in one transaction.
+    transactions: RetryTransactions | None = None
+    #: Reads what the last commits noted of the items finished above the committed offsets.
+    committed: Committed | None = None

@@ -30,13 +30,7 @@ from service.failures import Outage
 from service.metrics import Metrics
 from service.retry.item import MalformedRetry, RetryItem, read_item
 from service.retry.progress import Progress
-from service.retry.protocols import (
-    Committed,
-    ConsumerErrors,
-    Partition,
-    RetryConsumer,
-    RetryTransactions,
-)
+from service.retry.protocols import ConsumerErrors, Partition, RetryConsumer, RetryGroup
 from service.retry.retrier import Retrier
 
 __all__ = ["Scheduler"]
@@ -69,19 +63,15 @@ class Scheduler:
         consumer: Callable[[Any], RetryConsumer],
         retrier: Retrier,
         metrics: Metrics,
+        group: RetryGroup,
         *,
         errors: ConsumerErrors,
         consuming: Callable[[str, int], AbstractContextManager[None]],
         concurrency: int = DEFAULT_CONCURRENCY,
-        group_id: str = "",
-        transactions: RetryTransactions | None = None,
-        committed: Committed | None = None,
     ) -> None:
         self.retrier = retrier
-        self.group_id = group_id
-        self.committed = committed
-        self.transactions = transactions
         self.metrics = metrics
+        self.group = group
         self.errors = errors
         #: Why the committed metadata may not be read.
         self._unread: tuple[type[Exception], ...] = (*errors.failed, OSError)
@@ -135,8 +125,8 @@ class Scheduler:
 
     async def on_partitions_revoked(self, revoked: Sequence[Partition]) -> None:
         await self._commit()
-        if self.transactions is not None:
-            await self.transactions.revoke(revoked)
+        if self.group.transactions is not None:
+            await self.group.transactions.revoke(revoked)
         self._progress.revoke(revoked)
         gone = set(revoked)
         self._heap = [d for d in self._heap if d.tp not in gone]
@@ -144,17 +134,17 @@ class Scheduler:
         self._gauge()
 
     async def on_partitions_assigned(self, assigned: Sequence[Partition]) -> None:
-        if self.transactions is not None:
-            await self.transactions.assign(assigned, self.group_id)
+        if self.group.transactions is not None:
+            await self.group.transactions.assign(assigned, self.group.group_id)
         metadata = await self._committed_metadata(assigned)
         for tp in assigned:
             self._progress.assign(tp, metadata.get(tp))
 
     async def _committed_metadata(self, tps: Sequence[Partition]) -> Mapping[Partition, str]:
-        if self.committed is None or not tps:
+        if self.group.committed is None or not tps:
             return {}
         try:
-            return await self.committed(tps)
+            return await self.group.committed(tps)
         except self._unread as exc:  # then those items are attempted again
             log.warning("retry progress not read", extra={"error": repr(exc)})
             return {}
@@ -258,8 +248,8 @@ class Scheduler:
         except Exception as exc:
             log.warning("status events not written; committing later", extra={"error": repr(exc)})
             return
-        if self.transactions is not None:
-            failed = await self.transactions.commit(offsets, self.consumer)
+        if self.group.transactions is not None:
+            failed = await self.group.transactions.commit(offsets, self.consumer)
             self._progress.committed({tp: o for tp, o in offsets.items() if tp not in failed})
             for tp in failed:
                 await self._read_again(tp)
@@ -273,7 +263,7 @@ class Scheduler:
             log.warning("retry commit failed", extra={"error": repr(exc)})
 
     def _written(self, tp: Partition) -> bool:
-        return self.transactions is not None and self.transactions.written(tp)
+        return self.group.transactions is not None and self.group.transactions.written(tp)
 
     async def _read_again(self, tp: Partition) -> None:
         """The transaction of `tp` was aborted: what its attempts wrote is gone, so read
