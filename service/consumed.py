@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Position", "Record", "consuming", "event_position", "source_partition"]
+__all__ = ["Position", "Record", "consuming", "event_position", "source_partition", "where"]
 
 #: Where an event was read: topic, partition, offset.
 Position = tuple[str, int, int]
@@ -29,6 +29,11 @@ class Record(Protocol):
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]]  # values may be null on the wire (present_headers)
+
+
+def where(record: Record) -> dict[str, Any]:
+    """Where `record` was read, as log fields."""
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
 _CURRENT: contextvars.ContextVar[tuple[str, int, int | None] | None] = contextvars.ContextVar(

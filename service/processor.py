@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from service.addresses import mask_address
-from service.consumed import Record, consuming
+from service.consumed import Record, consuming, where
 from service.events import Event, MalformedEvent, parse_cloudevent, present_headers
 from service.failures import ActionFailed, Outage, OutputFailed
 from service.flows import FlowEngine, FlowResult
@@ -124,7 +124,7 @@ class Processor:
             return
         if event is None:
             self._events.inc("unknown", "skipped")
-            log.debug("event type has no trigger, skipped", extra=_where(record))
+            log.debug("event type has no trigger, skipped", extra=where(record))
             return
         try:
             result = await self.engine.run(event)
@@ -219,7 +219,7 @@ class Processor:
         log.warning(
             "event dead-lettered",
             extra={
-                **_where(record),
+                **where(record),
                 "event_id": event.id if event else None,
                 "trigger": trigger,
                 "outcome": "dead_lettered",
@@ -256,7 +256,3 @@ class Processor:
 
 def _headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
     return {name: value for name, value in headers if name in _OUTPUT_HEADERS}
-
-
-def _where(record: Record) -> dict[str, Any]:
-    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}

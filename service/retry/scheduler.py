@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from service.consumed import where
 from service.failures import Outage
 from service.metrics import Metrics
 from service.retry.item import MalformedRetry, RetryItem, read_item
@@ -172,12 +173,7 @@ class Scheduler:
         except MalformedRetry as exc:
             log.error(
                 "unreadable record on the retry topic, skipped",
-                extra={
-                    "topic": tp.topic,
-                    "partition": tp.partition,
-                    "offset": record.offset,
-                    "reason": str(exc),
-                },
+                extra={**where(record), "reason": str(exc)},
             )
             self._progress.skip(tp, record.offset)
             return
