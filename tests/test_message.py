@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from service.mail.message import (
     InvalidAddress,
     Mailbox,
+    WireMessage,
     build_message,
     one_line,
     parse_mailbox,
 )
+from service.mail.smtp_session import data_payload
 
 SENDER = parse_mailbox("Example <no-reply@example.com>")
 
@@ -168,6 +170,9 @@ def assert_wire_format(data: bytes) -> None:
         assert len(line) <= 998
     for line in body.split(b"\r\n"):
         assert len(line) <= 76 or line.startswith(b"Content-"), line
+    # A WireMessage goes out without dot-stuffing: no line may start with ".".
+    assert not data.startswith(b".") and b"\r\n." not in data
+    assert isinstance(data, WireMessage) and data_payload(data) == data_payload(bytes(data))
 
 
 def rfc2047(raw: str) -> str:
@@ -244,6 +249,16 @@ def test_bodies_round_trip(text: str) -> None:
 def test_line_initial_from_and_trailing_space_are_encoded() -> None:
     body = build_full(text="From here \nok\n", html=None).split(b"\r\n\r\n", 1)[1]
     assert body == b"=46rom here=20\r\nok\r\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [".", ".\n..\n.x", "x" * 75 + ".y", "x" * 74 + "=.y", "x" * 75 + "From .", "x" * 75 + "."],
+)
+def test_no_body_line_starts_with_a_dot(text: str) -> None:
+    data = build_full(text=text, html=None)
+    assert_wire_format(data)
+    assert parse(data).get_content().replace("\r\n", "\n") == text
 
 
 def test_mostly_non_ascii_text_is_base64() -> None:

@@ -7,8 +7,10 @@ returns ASCII with CRLF line ends (RFC 5322, RFC 2045-2047):
   unbreakable token, and words over 900 characters are encoded, as those can be split;
 - values that are not plain ASCII (or that a parser could misread as an encoded-word)
   become `=?utf-8?b?…?=` encoded-words, split between whole characters;
-- text bodies are quoted-printable (lines of at most 76 characters, trailing whitespace
-  and a line-initial `From ` encoded), or base64 when mostly non-ASCII (the shorter).
+- text bodies are quoted-printable (lines of at most 76 characters, trailing whitespace,
+  a line-initial `From ` and a line-initial "." encoded), or base64 when mostly non-ASCII
+  (the shorter). No line of a body starts with ".", so SMTP's dot-stuffing has nothing
+  to do (`service.mail.message.WireMessage`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ _EW_PAYLOAD = 45  # bytes per encoded-word: 60 base64 chars, 72 in all (RFC 2047
 _QP_LINE = 76  # RFC 2045 §6.7: encoded lines at most 76 characters, soft break included
 _QP_HEX = [f"={byte:02X}" for byte in range(256)]
 _EQUALS = ord("=")
+_DOT = ord(".")
 _QP_CONTROL = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])  # all but tab and LF
 _QP_CONTROL_RE = re.compile(b"[" + re.escape(_QP_CONTROL) + b"]+")
 _QP_ERRORS = "herald.quoted-printable"
@@ -156,7 +159,12 @@ def _qp_soft_end(body: bytes) -> bytes:
         cut -= 1
     elif line[cut - 2] == _EQUALS:
         cut -= 2
-    return body[:start] + line[:cut] + b"=\r\n" + line[cut:] + b"=\r\n"
+    return body[:start] + line[:cut] + b"=\r\n" + _no_dot_first(line[cut:]) + b"=\r\n"
+
+
+def _no_dot_first(line: bytes) -> bytes:
+    """`line` with a leading "." encoded: no line of a body starts with one."""
+    return b"=2E" + line[1:] if line.startswith(b".") else line
 
 
 def _mostly_multibyte(text: str) -> bool:
@@ -175,8 +183,9 @@ def base64_lines(data: bytes) -> bytes:
 def quoted_printable(text: str) -> bytes:
     """RFC 2045 quoted-printable of LF-separated text, with CRLF line ends.
 
-    Also encodes a line-initial `From ` (mbox gateways would turn it into `>From `)
-    and whitespace at the end of a line (transports may strip it). Every rule is local
+    Also encodes a line-initial `From ` (mbox gateways would turn it into `>From `), a
+    line-initial "." (no dot-stuffing needed) and whitespace at the end of a line
+    (transports may strip it). Every rule is local
     to one line, and most lines of an email are its template's, the same in every
     render: lines are encoded once and remembered (`_qp_text_line`).
     """
@@ -189,7 +198,7 @@ def _qp_text_line(line: str) -> bytes:
     data = line.replace("=", "=3D").encode("ascii", _QP_ERRORS)
     if len(data.translate(None, _QP_CONTROL)) != len(data):
         data = _QP_CONTROL_RE.sub(_qp_escape_bytes, data)
-    if len(data) > _QP_LINE or data.startswith(b"From ") or data.endswith(_WS):
+    if len(data) > _QP_LINE or data.startswith((b"From ", b".")) or data.endswith(_WS):
         return _qp_line(data)
     return data
 
@@ -213,9 +222,11 @@ def _qp_escape_bytes(match: re.Match[bytes]) -> bytes:
 
 
 def _qp_line(line: bytes) -> bytes:
-    """Fix one encoded line: protect `From ` and trailing whitespace, soft-break it."""
+    """Fix one encoded line: protect `From `, a leading "." and trailing whitespace,
+    soft-break it."""
     if line.startswith(b"From "):
         line = b"=46" + line[1:]
+    line = _no_dot_first(line)
     if line.endswith(_WS):
         line = line[:-1] + _QP_HEX[line[-1]].encode("ascii")
     size = len(line)
@@ -231,6 +242,9 @@ def _qp_line(line: bytes) -> bytes:
             cut -= 1
         elif line[cut - 2] == _EQUALS:
             cut -= 2
+        if line[cut] == _DOT:  # nor with "."
+            line = line[:cut] + b"=2E" + line[cut + 1 :]
+            size += 2
         chunks.append(line[start:cut])
         start = cut
     chunks.append(line[start:])

@@ -34,12 +34,24 @@ __all__ = [
     "InvalidAddress",
     "Mailbox",
     "OutgoingEmail",
+    "WireMessage",
     "build_message",
     "one_line",
     "parse_mailbox",
 ]
 
-_FIELD_NAME = re.compile(r"[!-9;-~]+")
+#: RFC 5322 field names, less a leading "." (a `WireMessage` has no line starting with one).
+_FIELD_NAME = re.compile(r"[!-\-/-9;-~][!-9;-~]*")
+
+
+class WireMessage(bytes):
+    """A message exactly as SMTP's DATA carries it, without dot-stuffing or line-end
+    normalization to do: CRLF line ends only, the last included, and no line starting
+    with "." (the header's lines start with a field name or folding space, QP bodies
+    encode a leading ".", base64 has none). `build_message` makes only these; the
+    transport sends them as they are (`service.mail.smtp_session.data_payload`)."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +61,7 @@ class OutgoingEmail:
     sender: Mailbox
     recipient: Mailbox
     message_id: str
-    data: bytes
+    data: WireMessage
 
 
 def build_message(
@@ -86,7 +98,7 @@ def build_message(
         lines.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"')
         body = b"\r\n" + multipart(boundary, text_part("plain", text), text_part("html", html))
     head = "\r\n".join(lines).encode("ascii")
-    return OutgoingEmail(sender, recipient, message_id, head + b"\r\n" + body)
+    return OutgoingEmail(sender, recipient, message_id, WireMessage(head + b"\r\n" + body))
 
 
 def _mailbox(field: str, box: Mailbox) -> str:

@@ -43,6 +43,7 @@ from service.mail.aiosmtplib_internals import (
     normalize_message_line_endings,
     pipelining_works_on,
 )
+from service.mail.message import WireMessage
 
 __all__ = ["DataUnanswered", "Envelope", "NothingAccepted", "data_payload", "transaction"]
 
@@ -105,8 +106,11 @@ def data_payload(message: bytes) -> bytes:
     """What follows DATA: the message dot-stuffed, ending in CRLF, then ".\\r\\n".
 
     The same bytes as aiosmtplib's `data()` sends. A message with a bare CR or LF is
-    first normalized the way aiosmtplib does it; CRLF-only messages (Herald's) skip it.
+    first normalized the way aiosmtplib does it. Herald's own messages (`WireMessage`)
+    need neither: two scans of ~10 KB saved per email.
     """
+    if type(message) is WireMessage:
+        return message + b".\r\n"
     crlf = message.count(b"\r\n")
     if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
         message = normalize_message_line_endings(message)
