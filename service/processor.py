@@ -88,13 +88,23 @@ class Processor:
         for record in records:
             lane = record.key if record.key is not None else (record.topic, record.partition)
             lanes[lane].append(record)
-        # Siblings are not cancelled when one lane fails: work that could finish does, and
-        # is committed.
+        # Up to `concurrency` workers take the lanes in turn: a task per worker, not per
+        # key. Siblings are not cancelled when one lane fails: work that could finish
+        # does, and is committed.
+        todo = iter(lanes.values())
+        errors: list[BaseException] = []
+
+        async def work() -> None:
+            for same_key in todo:
+                try:
+                    await self._process_lane(same_key, finished, handback)
+                except Exception as exc:
+                    errors.append(exc)
+
         outcomes = await asyncio.gather(
-            *(self._process_lane(same_key, finished, handback) for same_key in lanes.values()),
-            return_exceptions=True,
+            *(work() for _ in range(min(self.concurrency, len(lanes)))), return_exceptions=True
         )
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        errors += [o for o in outcomes if isinstance(o, BaseException)]
         paused = [e for e in errors if isinstance(e, Outage)]
         if paused or errors:
             raise (paused or errors)[0]
