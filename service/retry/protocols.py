@@ -59,8 +59,9 @@ class ConsumerErrors:
 class RetryGroup:
     """The consumer group of the retry topics, as the scheduler commits in it."""
 
-    group_id: str = ""
+    #: Its name: the kafka section's `<group_id><retry_suffix>`.
+    id: str = ""
     #: `kafka.exactly_once`: each partition's attempts' outputs and commits in one transaction.
     transactions: RetryTransactions | None = None
-    #: Reads what the last commits noted of the items finished above the committed offsets.
+    #: Reads the committed offsets' metadata: the items finished above them.
     committed: Committed | None = None

@@ -136,7 +136,7 @@ class Scheduler:
 
     async def on_partitions_assigned(self, assigned: Sequence[Partition]) -> None:
         if self.group.transactions is not None:
-            await self.group.transactions.assign(assigned, self.group.group_id)
+            await self.group.transactions.assign(assigned, self.group.id)
         metadata = await self._committed_metadata(assigned)
         for tp in assigned:
             self._progress.assign(tp, metadata.get(tp))
