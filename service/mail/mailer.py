@@ -155,13 +155,12 @@ class Mailer:
             await self._note(key, request, recipient, "skipped", reason="rate_limited")
             return "rate_limited"
         self._emails.inc(request.template, outcome)
-        await self._claims.record_anyway(key, request)
         return outcome
 
     async def _deliver(
         self, key: str, request: EmailRequest, recipient: Mailbox, data_sent: asyncio.Event
     ) -> str:
-        """Render and send; `sent`, or `uncertain` when the reply to the message is missing."""
+        """Render, send and record: `sent`, or `uncertain` when the reply is missing."""
         try:
             rendered = self.renderer.render(request.template, request.locale, request.context)
         except TemplateError as exc:
@@ -187,6 +186,7 @@ class Mailer:
                 before=functools.partial(self._claims.still_ours, key),
             )
         except DeliveryUncertain as exc:
+            await self._claims.record_anyway(key, request)  # handed over: never again
             self._uncertain(request, recipient, exc.reason)
             await self._note(
                 key,
@@ -213,6 +213,8 @@ class Mailer:
         except DeliveryError as exc:
             self._failed(request, "deferred")  # its record is written with its next attempt
             raise EmailDeferred(exc.reason) from None
+        # The record first: a crash after the server's reply is the window left.
+        await self._claims.record_anyway(key, request)
         await self._note(
             key, request, recipient, "sent", smtp_reply=f"250 {reply}", message_id=email.message_id
         )
