@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -378,6 +379,9 @@ def test_datetime_filter_formats_each_call_right() -> None:
     assert format_datetime("not a time") == "not a time"
     assert format_datetime("") == ""
     assert format_datetime(None) == ""
+    for early in ("0999-01-02T03:04:05+00:00", "0001-01-01T00:00:00+00:00"):  # as strftime
+        expected = datetime.fromisoformat(early).strftime("%Y-%m-%d %H:%M UTC")
+        assert format_datetime(early) == expected
 
 
 def test_text_details_leave_out_empty_rows(tmp_path: Path) -> None:

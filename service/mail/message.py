@@ -76,10 +76,11 @@ def build_message(
     now: datetime | None = None,
 ) -> OutgoingEmail:
     """Build the multipart/alternative message; `headers` are extra X- headers."""
-    message_id = f"<{time.time_ns():x}.{secrets.token_hex(8)}@{sender.domain}>"
-    lines = [_mailbox("From", sender), _mailbox("To", recipient)]
+    token = secrets.token_hex(20)  # one read of the OS's randomness for both
+    message_id = f"<{time.time_ns():x}.{token[:16]}@{sender.domain}>"
+    lines = [_own_mailbox("From", sender), _mailbox("To", recipient)]
     if reply_to is not None:
-        lines.append(_mailbox("Reply-To", reply_to))
+        lines.append(_own_mailbox("Reply-To", reply_to))
     lines += [
         text_header("Subject", one_line(subject)),
         "Date: " + (format_datetime(now) if now else _date(int(time.time()))),
@@ -94,7 +95,7 @@ def build_message(
     if html is None:
         body = text_part("plain", text, last=True)  # its Content-* lines end the header
     else:
-        boundary = "=_" + secrets.token_hex(12)  # "=_" never occurs in QP or base64
+        boundary = "=_" + token[16:]  # "=_" never occurs in QP or base64
         lines.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"')
         body = b"\r\n" + multipart(boundary, text_part("plain", text), text_part("html", html))
     head = "\r\n".join(lines).encode("ascii")
@@ -106,6 +107,12 @@ def _mailbox(field: str, box: Mailbox) -> str:
     if not is_valid_address(box.address):
         raise InvalidAddress(f"not a single valid address: {mask_address(box.address)}")
     return address_header(field, one_line(box.name), box.address)
+
+
+@lru_cache(maxsize=64)
+def _own_mailbox(field: str, box: Mailbox) -> str:
+    """`_mailbox` for the few addresses of Herald's own config (from, reply_to)."""
+    return _mailbox(field, box)
 
 
 @lru_cache(maxsize=2)

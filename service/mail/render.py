@@ -97,7 +97,10 @@ def template_context(
     }
 
 
-def format_datetime(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
+_DEFAULT_FORMAT = "%Y-%m-%d %H:%M UTC"
+
+
+def format_datetime(value: Any, fmt: str = _DEFAULT_FORMAT) -> str:
     """Jinja filter: an ISO 8601 timestamp in UTC; anything unparseable passes through."""
     if not value:
         return ""
@@ -119,6 +122,8 @@ def _format(value: Any, fmt: Any) -> str:
         return str(value)
     # CloudEvents times carry an offset; a naive one is taken as UTC rather than local time.
     when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    if fmt == _DEFAULT_FORMAT:  # what strftime gives, without its ~2 µs
+        return f"{when.year}-{when.month:02d}-{when.day:02d} {when.hour:02d}:{when.minute:02d} UTC"
     return when.strftime(fmt)
 
 
