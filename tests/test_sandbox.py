@@ -51,3 +51,49 @@ def test_a_dict_subclass_takes_jinjas_path() -> None:
 
     env = sandbox(immutable=True, flat_globals=True)
     assert env.from_string("{{ d.shadow }}").render(d=Items(shadow="the item")) == "the attribute"
+
+
+FILTER_EXPRESSIONS = [
+    "[0, 1, '', 'a', none, [], [0]] | select | list",
+    "[0, 1, '', 'a', none] | reject | list",
+    "[1, 2, 3, 4] | select('odd') | list",
+    "[1, 2, 3, 4] | reject('odd') | list",
+    "[1, 2, 3, 4] | select('divisibleby', 2) | list",
+    "rows | selectattr(1) | list",
+    "rows | rejectattr(1) | list",
+    "rows | selectattr(0, 'equalto', 'b') | list",
+    "rows | rejectattr('1', 'none') | list",
+    "users | selectattr('name') | map(attribute='name') | join(', ')",
+    "users | rejectattr('name') | list | length",
+    "[d.user.missing, 'x'] | select | join(', ')",
+    "none | select | list",
+    "[] | select | first",
+    "rows | map('last') | select | first",
+    "[3, 1, 2] | sort | join('-')",
+    "'abc' | list | join('.')",
+    "[1, 2, 3] | sum",
+    "users | groupby('name') | list | length",
+    "[1, 2] | select | list | count",
+]
+
+
+@pytest.mark.parametrize("expression", FILTER_EXPRESSIONS)
+def test_filters_give_what_jinjas_give(expression: str) -> None:
+    ours = sandbox(immutable=True, flat_globals=True, undefined=ChainableUndefined)
+    jinja = ImmutableSandboxedEnvironment(undefined=ChainableUndefined)
+    values = {
+        "d": DATA,
+        "rows": [("a", 1), ("b", 0), ("c", None), ("d", "x")],
+        "users": [{"name": "Ada"}, {"name": ""}, {"name": "Bo"}],
+    }
+
+    def shown(env: SandboxedEnvironment) -> str:
+        return env.from_string("{{ " + expression + " }}").render(**values)
+
+    assert shown(ours) == shown(jinja)
+
+
+def test_select_without_a_test_still_takes_tests_by_keyword() -> None:
+    env = sandbox(immutable=True, flat_globals=True)
+    template = "{{ [1, none, 3] | select('sameas', other=none) | list }}"
+    assert env.from_string(template).render() == "[None]"
