@@ -32,15 +32,15 @@ PRE_REGISTRATION = "pre-user-registration"
 _OUTPUT_HEADERS = frozenset({"reply_to", "correlation_id"})
 
 
+#: `user_metadata` / `app_metadata` of a metadata command.
+Metadata = dict[str, Any]
+
+
 class Outputs(Protocol):
     """What a flow's end writes (service/kafka/outputs.py): its outputs, or its dead letter."""
 
     async def metadata_command(
-        self,
-        event_id: str,
-        user_id: str,
-        user_metadata: dict[str, Any],
-        app_metadata: dict[str, Any],
+        self, event_id: str, user_id: str, user_metadata: Metadata, app_metadata: Metadata
     ) -> None: ...
 
     async def decision(

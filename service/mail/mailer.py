@@ -117,18 +117,8 @@ class Mailer:
         token = None
         data_sent = asyncio.Event()  # set by the transport once the message went out
         if request.expired():
-            await self._claims.release(key)
-            self._emails.inc(request.template, "expired")
-            log.info(
-                "email skipped: its link expired",
-                extra={
-                    "event_id": request.event_id,
-                    "action": request.action_id,
-                    "outcome": "expired",
-                },
-            )
-            await self._note(key, request, recipient, "skipped", reason="expired")
-            return "expired"
+            message = "email skipped: its link expired"
+            return await self._skipped(key, request, recipient, "expired", message)
         try:
             allowed, token = await self._within_limit(recipient)
             outcome = await self._deliver(key, request, recipient, data_sent) if allowed else None
@@ -148,12 +138,8 @@ class Mailer:
                 await self._refund(recipient, token)
             raise
         if outcome is None:
-            # Skipped for good (not a failure, not dead-lettered); nothing was sent, so the
-            # claim is released rather than recorded.
-            await self._claims.release(key)
-            self._rate_limited(request, recipient)
-            await self._note(key, request, recipient, "skipped", reason="rate_limited")
-            return "rate_limited"
+            message = "email skipped: recipient over its rate limit"
+            return await self._skipped(key, request, recipient, "rate_limited", message)
         self._emails.inc(request.template, outcome)
         return outcome
 
@@ -266,18 +252,25 @@ class Mailer:
         except Exception as exc:  # the count lapses with its window
             log.warning("rate limit refund failed", extra={"error": type(exc).__name__})
 
-    def _rate_limited(self, request: EmailRequest, recipient: Mailbox) -> None:
-        self._emails.inc(request.template, "rate_limited")
+    async def _skipped(
+        self, key: str, request: EmailRequest, recipient: Mailbox, outcome: str, message: str
+    ) -> str:
+        """Skipped for good (not a failure, not dead-lettered): nothing was sent, so the
+        claim is released rather than recorded."""
+        await self._claims.release(key)
+        self._emails.inc(request.template, outcome)
         log.info(
-            "email skipped: recipient over its rate limit",
+            message,
             extra={
                 "event_id": request.event_id,
                 "action": request.action_id,
                 "template": request.template,
                 "recipient": mask_address(recipient.address),
-                "outcome": "rate_limited",
+                "outcome": outcome,
             },
         )
+        await self._note(key, request, recipient, "skipped", reason=outcome)
+        return outcome
 
     def _uncertain(self, request: EmailRequest, recipient: Mailbox, reason: str) -> None:
         """Log an email that may have been delivered (the caller counts it): not sent again."""
