@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from service.dedupe import DedupeStore
+from service.deliveries import DeliveryLog
 from service.mail.mailer import EmailRequest, Mailer
 from service.mail.render import Renderer
 from service.metrics import Metrics
@@ -42,6 +43,7 @@ def mailer(
     *,
     metrics: Metrics | None = None,
     rate_limiter: RateLimiter | None = None,
+    deliveries: DeliveryLog | None = None,
 ) -> Mailer:
     return Mailer(
         renderer=Renderer(ROOT / "templates"),
@@ -50,4 +52,5 @@ def mailer(
         default_sender="Herald <no-reply@herald.test>",
         metrics=metrics or Metrics(),
         rate_limiter=rate_limiter,
+        deliveries=deliveries,
     )

@@ -23,6 +23,7 @@ from service.dedupe import (
     dedupe_key,
     dedupe_store,
 )
+from service.deliveries import Delivery, DeliveryLog, MemoryDeliveries
 from tests.mailer_doubles import Recorder, email_request, mailer
 
 BACKENDS = ["memory", "sqlite", "redis"]
@@ -283,3 +284,20 @@ async def test_a_holder_whose_lease_lapsed_unclaimed_takes_it_back_and_sends_onc
         await other.close()
     assert outcome == "sent"
     assert transport.sent == [["ada@herald.test"]]
+
+
+async def test_the_dedupe_record_comes_before_the_delivery_record() -> None:
+    """A crash between the server's reply and the dedupe record is the window that can
+    send twice: the delivery record and status event wait until after it."""
+    dedupe = MemoryDedupe(60)
+    seen: list[tuple[str, Claim]] = []
+
+    class Deliveries(MemoryDeliveries):
+        async def put(self, delivery: Delivery) -> None:
+            seen.append((delivery.status, await dedupe.claim(delivery.id)))
+            await super().put(delivery)
+
+    request = email_request("evt-order", "ada@example.com")
+    sender = mailer(dedupe, Recorder(), deliveries=DeliveryLog(Deliveries(60)))
+    assert await sender.send(request) == "sent"
+    assert seen == [("sent", Claim.SENT)]
