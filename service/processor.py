@@ -65,7 +65,7 @@ class Processor:
     outputs: Outputs
     metrics: Metrics
     _: dataclasses.KW_ONLY
-    #: Records in flight at once, over all keys.
+    #: Records of a batch in flight at once, over all keys (one worker each).
     concurrency: int = 64
     show_addresses: bool = False
     parse: Parser = parse_cloudevent
@@ -73,7 +73,6 @@ class Processor:
 
     def __post_init__(self) -> None:
         self._events = LabelledCounter(self.metrics.events)
-        self._slots = asyncio.Semaphore(self.concurrency)
 
     async def process_batch(
         self,
@@ -115,13 +114,12 @@ class Processor:
         finished: Callable[[Record], None],
         handback: asyncio.Event | None,
     ) -> None:
-        async with self._slots:
-            for record in records:
-                if handback is not None and handback.is_set():
-                    return
-                with consuming(record.topic, record.partition, record.offset):
-                    await self.process(record)
-                finished(record)
+        for record in records:
+            if handback is not None and handback.is_set():
+                return
+            with consuming(record.topic, record.partition, record.offset):
+                await self.process(record)
+            finished(record)
 
     async def process(self, record: Record) -> None:
         """One record to its fate: done, skipped or dead-lettered."""

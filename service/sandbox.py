@@ -88,7 +88,8 @@ def sandbox(
     `options` go to the environment as they are (`undefined`, `loader`, `autoescape`, …).
     """
     env = _CLASSES[immutable, flat_globals](**options)
-    _sync_filters(env)
+    if not env.is_async:
+        _sync_filters(env)
     if filters:
         env.filters.update(filters)
     return env

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -97,3 +98,13 @@ def test_select_without_a_test_still_takes_tests_by_keyword() -> None:
     env = sandbox(immutable=True, flat_globals=True)
     template = "{{ [1, none, 3] | select('sameas', other=none) | list }}"
     assert env.from_string(template).render() == "[None]"
+
+
+async def test_an_async_sandbox_keeps_jinjas_async_filters() -> None:
+    async def values() -> AsyncIterator[int]:  # only the async variants iterate this
+        for value in (1, 0, 2):
+            yield value
+
+    env = sandbox(immutable=True, enable_async=True)
+    template = env.from_string("{{ values() | select | join(',') }}")
+    assert await template.render_async(values=values) == "1,2"

@@ -233,7 +233,8 @@ class BatchRunner:
                 message.consumer.seek(tp, offset)  # not assigned any more: nothing to do
 
     async def _wait_out_outage(self, error: Outage) -> None:
-        """Poll the SMTP server with backoff until it answers, up to one wait period."""
+        """Poll the SMTP server (`probe`) with backoff until it answers, up to one wait
+        period; a dedupe store that was down is simply tried again by the next batch."""
         store = isinstance(error, StoreUnavailable)
         if not self.paused:
             self.paused = True

@@ -185,9 +185,9 @@ def quoted_printable(text: str) -> bytes:
 
     Also encodes a line-initial `From ` (mbox gateways would turn it into `>From `), a
     line-initial "." (no dot-stuffing needed) and whitespace at the end of a line
-    (transports may strip it). Every rule is local
-    to one line, and most lines of an email are its template's, the same in every
-    render: lines are encoded once and remembered (`_qp_text_line`).
+    (transports may strip it). Every rule is local to one line, and most lines of an
+    email are its template's, the same in every render: lines are encoded once and
+    remembered (`_qp_text_line`).
     """
     return b"\r\n".join(map(_qp_text_line, text.split("\n")))
 

@@ -113,7 +113,7 @@ class Mailer:
                 claim = await self._claims.claim(key)
 
     async def _attempt(self, key: str, request: EmailRequest, recipient: Mailbox) -> str:
-        """Rate limit and send under our claim, then record or release it."""
+        """Rate limit and send under our claim (`_deliver` records it), or release it."""
         token = None
         data_sent = asyncio.Event()  # set by the transport once the message went out
         if request.expired():
